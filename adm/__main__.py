@@ -1,0 +1,5 @@
+import sys
+
+from adm.cli.main import main
+
+sys.exit(main())
