@@ -1,0 +1,240 @@
+"""Checkpoint downloads against a local HTTP server that can break connections and ignore Range."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from adm import hub
+from adm.errors import CheckpointError
+
+BODY = os.urandom(300_000)
+DIGEST = hashlib.sha256(BODY).hexdigest()
+
+
+@dataclass
+class _ServerState:
+    files: dict[str, bytes] = field(default_factory=lambda: {"/ckpt.pt": BODY})
+    cut_next: int | None = None   # send only this many body bytes of the next response, then hang up
+    ignore_range: bool = False    # answer Range requests with the whole file (200)
+    delay: float = 0.0            # seconds to wait before answering
+    served: list[int] = field(default_factory=list)                      # body bytes sent, per request
+    ranges: list[str | None] = field(default_factory=list)               # Range header, per request
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET with Range support (206 + Content-Range, 416), broken connections and Range-ignoring on demand."""
+
+    def do_GET(self) -> None:
+        state: _ServerState = self.server.state
+        time.sleep(state.delay)
+        state.ranges.append(self.headers.get("Range"))
+        body = state.files.get(self.path)
+        if body is None:
+            state.served.append(0)
+            self.send_error(404)
+            return
+        start, rng = 0, self.headers.get("Range")
+        if rng and not state.ignore_range:
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+            if start >= len(body):
+                state.served.append(0)
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if state.cut_next is not None:
+            payload, state.cut_next = payload[: state.cut_next], None
+        try:
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            payload = b""
+        state.served.append(len(payload))
+
+    def log_message(self, *args) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """No proxies for 127.0.0.1, and a cache that lives in the test's own directory."""
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.setenv("ADM_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.state = _ServerState()
+    threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _url(srv, path: str = "/ckpt.pt") -> str:
+    return f"http://127.0.0.1:{srv.server_port}{path}"
+
+
+def _get(srv, **kwargs) -> Path:
+    return hub.download(_url(srv), progress=False, timeout=5, **kwargs)
+
+
+def test_fresh_download(server, tmp_path):
+    path = hub.download(_url(server), sha256=DIGEST, timeout=5)  # with the progress bar
+    assert path == tmp_path / "cache" / "ckpt.pt"
+    assert path.read_bytes() == BODY
+    assert not path.with_name("ckpt.pt.part").exists()
+    assert server.state.served == [len(BODY)]
+
+
+def test_cached_second_call_makes_no_request(server):
+    first = _get(server, sha256=DIGEST)
+    assert _get(server, sha256=DIGEST) == first
+    assert _get(server) == first
+    assert len(server.state.ranges) == 1
+
+
+def test_resume_fetches_only_the_remainder(server, tmp_path):
+    server.state.cut_next = 100_000
+    with pytest.raises(CheckpointError) as err:
+        _get(server, sha256=DIGEST)
+    msg = str(err.value)
+    final = tmp_path / "cache" / "ckpt.pt"
+    part = final.with_name("ckpt.pt.part")
+    assert "\n" not in msg and _url(server) in msg and str(final) in msg
+    assert "re-running resumes" in msg and str(part) in msg
+    assert not final.exists()  # atomic: nothing at the final name after an interrupted download
+    assert part.stat().st_size == 100_000
+    path = _get(server, sha256=DIGEST)
+    assert path.read_bytes() == BODY
+    assert server.state.ranges[-1] == "bytes=100000-"
+    assert server.state.served == [100_000, len(BODY) - 100_000]
+
+
+def test_server_that_ignores_range_restarts_from_zero(server):
+    server.state.cut_next, server.state.ignore_range = 50_000, True
+    with pytest.raises(CheckpointError):
+        _get(server)
+    assert _get(server, sha256=DIGEST).read_bytes() == BODY
+    assert server.state.served == [50_000, len(BODY)]
+
+
+def test_416_finishes_a_complete_part_and_restarts_an_overlong_one(server, tmp_path):
+    part = tmp_path / "cache" / "ckpt.pt.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(BODY)  # an earlier run died between the last byte and the rename
+    assert _get(server, sha256=DIGEST).read_bytes() == BODY
+    assert server.state.served == [0]
+    part = tmp_path / "cache" / "other.pt.part"
+    part.write_bytes(os.urandom(len(BODY) + 10))  # stale partial file, longer than the real one
+    assert _get(server, filename="other.pt", sha256=DIGEST).read_bytes() == BODY
+    assert server.state.served == [0, 0, len(BODY)]
+
+
+def test_checksum_mismatch_deletes_part(server, tmp_path):
+    wrong = "0" * 64
+    with pytest.raises(CheckpointError) as err:
+        _get(server, sha256=wrong)
+    assert wrong in str(err.value) and DIGEST in str(err.value)
+    assert list((tmp_path / "cache").glob("ckpt.pt*")) == [tmp_path / "cache" / "ckpt.pt.lock"]
+
+
+def test_corrupt_cached_file_is_fetched_again(server, tmp_path):
+    final = tmp_path / "cache" / "ckpt.pt"
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"garbage")
+    assert _get(server, sha256=DIGEST).read_bytes() == BODY
+    assert len(server.state.ranges) == 1
+
+
+def test_http_404_is_a_clear_error(server, tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        hub.download(_url(server, "/missing.pt"), progress=False, timeout=5)
+    msg = str(err.value)
+    assert "404" in msg and _url(server, "/missing.pt") in msg and str(tmp_path / "cache" / "missing.pt") in msg
+    assert "\n" not in msg
+    assert not (tmp_path / "cache" / "missing.pt").exists()
+
+
+def test_unreachable_and_slow_servers_are_clear_errors(server):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CheckpointError, match="could not download"):
+        hub.download(f"http://127.0.0.1:{port}/ckpt.pt", progress=False, timeout=5)
+    server.state.delay = 0.5
+    with pytest.raises(CheckpointError, match="timed out"):
+        hub.download(_url(server), progress=False, timeout=0.1)
+
+
+def test_cache_dir_follows_environment(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("ADM_CACHE", str(tmp_path / "mine"))
+    assert hub.cache_dir() == tmp_path / "mine"
+    assert _get(server) == tmp_path / "mine" / "ckpt.pt"
+    assert _get(server, cache=tmp_path / "explicit") == tmp_path / "explicit" / "ckpt.pt"
+    monkeypatch.delenv("ADM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "adm"
+
+
+def test_file_url_and_local_path_are_used_in_place(tmp_path):
+    src = tmp_path / "weights.pt"
+    src.write_bytes(BODY)
+    assert hub.download(src.as_uri(), sha256=DIGEST) == src
+    assert hub.download(str(src), sha256=DIGEST.upper()) == src
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        hub.download(str(src), sha256="0" * 64)
+    assert src.exists()  # a user's own file is never deleted
+    with pytest.raises(CheckpointError, match="not found"):
+        hub.download((tmp_path / "nope.pt").as_uri())
+    assert not (tmp_path / "cache").exists()
+
+
+def test_resolve_weights(server, tmp_path):
+    assert hub.resolve_weights(True, url=_url(server), filename="a.pt", sha256=DIGEST) == tmp_path / "cache" / "a.pt"
+    local = tmp_path / "mine.pt"
+    local.write_bytes(b"x")
+    assert hub.resolve_weights(local) == local
+    assert hub.resolve_weights(str(local), sha256=DIGEST) == local  # own file: official digest not applied
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "missing.pt"))):
+        hub.resolve_weights(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="no official weights"):
+        hub.resolve_weights(True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="downloads are serialized with POSIX flock")
+def test_concurrent_callers_share_one_transfer(server):
+    server.state.delay = 0.2
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(_get(server, sha256=DIGEST))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and results[0].read_bytes() == BODY
+    assert len(server.state.ranges) == 1
+
+
+def test_sha256_file(tmp_path):
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert hub.sha256_file(tmp_path / "abc") == hashlib.sha256(b"abc").hexdigest()
