@@ -37,17 +37,38 @@ class Preset:
     sample: dict[str, Any] = field(default_factory=dict)  # the paper's sampling settings
     closest: str | None = None      # a released preset to suggest where this one has no weights
     note: str = ""
+    config_dict: dict | None = None  # a config given directly instead of flags (adm's own models)
+    shipped: str | None = None      # weights shipped inside the package (adm/weights/<shipped>/)
 
     @property
     def url(self) -> str | None:
         return RELEASE_URL + self.file if self.file else None
 
     def config(self):
+        if self.config_dict is not None:
+            from adm.nn.config import ADMConfig, ADMUConfig, ClassifierConfig
+
+            cls = {"ADM": ADMConfig, "ADM_U": ADMUConfig, "ADM_classifier": ClassifierConfig}[self.kind]
+            return cls.from_dict(self.config_dict)
         return config_from_flags(parse_flags(self.flags), kind=self.kind)
 
 
 def _p(*args, **kw) -> Preset:
     return Preset(*args, **kw)
+
+
+# adm's own demo models: 32x32 grey Fashion-MNIST, class-conditional with a null label for
+# classifier-free guidance, and their noisy classifier. Weights ship in the package (fp16).
+_DEMO_DIFFUSION = dict(steps=1000, noise_schedule="cosine", learn_sigma=True, rescale_learned_sigmas=True)
+DEMO_MODEL = dict(
+    image_size=32, in_channels=1, model_channels=64, num_res_blocks=2, attention_resolutions=[16, 8],
+    channel_mult=[1, 1, 2], dropout=0.1, num_classes=10, null_class=True, num_head_channels=32,
+    use_scale_shift_norm=True, resblock_updown=True, diffusion=_DEMO_DIFFUSION,
+)
+DEMO_CLASSIFIER = dict(
+    image_size=32, in_channels=1, model_channels=32, num_res_blocks=2, attention_resolutions=[16, 8],
+    channel_mult=[1, 2, 2, 2], num_classes=10, num_head_channels=32, pool="attention", diffusion=_DEMO_DIFFUSION,
+)
 
 
 PRESETS: dict[str, Preset] = {
@@ -100,6 +121,11 @@ PRESETS: dict[str, Preset] = {
         _p("ADM_lsun_horse", "ADM", _UNET_256 + " --class_cond False --dropout 0.1", "lsun_horse.pt", {"timestep_respacing": "1000"}),
         _p("ADM_lsun_horse_nodropout", "ADM", _UNET_256 + " --class_cond False --dropout 0.0", "lsun_horse_nodropout.pt",
            {"timestep_respacing": "1000"}),
+        _p("ADM_demo_fashion_mnist", "ADM", "", None,
+           {"classifier": "ADM_classifier_demo_fashion_mnist", "classifier_scale": 2.0, "timestep_respacing": "ddim25"},
+           config_dict=DEMO_MODEL, shipped="demo_fashion_mnist"),
+        _p("ADM_classifier_demo_fashion_mnist", "ADM_classifier", "", None,
+           config_dict=DEMO_CLASSIFIER, shipped="classifier_demo_fashion_mnist"),
     ]
 }
 
@@ -134,7 +160,9 @@ def build(name: str, pretrained: bool | str = False, expect: type | None = None,
     if pretrained:
         from adm.nn.pretrained import read_state_dict
 
-        if pretrained is True:
+        if pretrained is True and preset.shipped:
+            path = shipped_weights(preset.shipped)
+        elif pretrained is True:
             if preset.file is None:
                 raise CheckpointError(
                     f"OpenAI released no weights for {name}; the closest released preset is {preset.closest!r}"
@@ -146,6 +174,16 @@ def build(name: str, pretrained: bool | str = False, expect: type | None = None,
             path = pretrained
         model.load_checked(read_state_dict(path), str(path))
     return model
+
+
+def shipped_weights(name: str):
+    """The safetensors file of a model shipped inside the package."""
+    from importlib.resources import files
+
+    path = files("adm") / "weights" / name / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"the shipped weights {name} are missing from this installation ({path})")
+    return path
 
 
 _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}

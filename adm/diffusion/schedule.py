@@ -1,0 +1,187 @@
+"""Beta schedules, respacing, and the frozen float64 tables of a (respaced) Gaussian diffusion."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from adm.errors import ConfigError
+
+SCHEDULES = ("linear", "cosine")
+
+
+def make_betas(schedule: str, steps: int) -> torch.Tensor:
+    """The [T] float64 betas of a named schedule ("linear" scaled to T, or "cosine")."""
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ConfigError(f"the number of diffusion steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    if schedule == "linear":
+        # Ho et al.'s 1e-4 .. 0.02 for T=1000, scaled so that any T gives a similar process.
+        scale = 1000 / steps
+        return torch.linspace(scale * 0.0001, scale * 0.02, steps, dtype=torch.float64)
+    if schedule == "cosine":
+        return betas_for_alpha_bar(steps, lambda s: torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+    raise ConfigError(f"unknown noise schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def betas_for_alpha_bar(steps: int, alpha_bar, max_beta: float = 0.999) -> torch.Tensor:
+    """Betas that discretise a continuous alpha_bar(s), s in [0, 1] (Nichol & Dhariwal 2021, eq. 17)."""
+    s = torch.arange(steps + 1, dtype=torch.float64) / steps
+    ab = alpha_bar(s)
+    # Clipped at 0.999 to prevent the singularity at s = 1.
+    return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
+
+
+def _parse_error(spec: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"timestep respacing {spec!r}: {why} (expected '' for all steps, a step count such as '250', "
+        "comma-separated counts per section such as '10,15,20', or 'ddimN' such as 'ddim25')"
+    )
+
+
+def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list[int]:
+    """The sorted timesteps of a T-step process kept by a respacing spec.
+
+    "250" or "10,15,20": the chain is cut into equal sections (earlier sections one longer when T does
+    not divide), and each section keeps that many evenly spaced steps (its first and last included).
+    "ddimN": the fixed integer stride of the DDIM paper, range(0, T, stride) with exactly N steps.
+    "" keeps every step.
+    """
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        counts = [spec]
+    elif isinstance(spec, str):
+        text = spec.strip()
+        if text == "":
+            return list(range(num_timesteps))
+        if text.startswith("ddim"):
+            return _ddim_steps(num_timesteps, spec, text[len("ddim"):])
+        if not re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
+            raise _parse_error(spec, "it does not parse")
+        counts = [int(c) for c in text.replace(" ", "").split(",")]
+    else:
+        counts = [int(c) for c in spec]
+        if not counts:
+            raise _parse_error(str(spec), "no section counts")
+    if sum(counts) > num_timesteps:
+        raise _parse_error(str(spec), f"it asks for {sum(counts)} steps but the process has only {num_timesteps}")
+    size_per, extra = divmod(num_timesteps, len(counts))
+    if size_per == 0:
+        raise _parse_error(str(spec), f"{len(counts)} sections do not fit in {num_timesteps} steps")
+    steps: list[int] = []
+    start = 0
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if count < 1:
+            raise _parse_error(str(spec), f"section {i} keeps {count} steps; each section needs at least 1")
+        if count > size:
+            raise _parse_error(str(spec), f"section {i} has {size} steps and cannot keep {count}")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        # round() of the running float sum, exactly as guided-diffusion accumulates it.
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
+
+
+def _ddim_steps(num_timesteps: int, spec: str, digits: str) -> list[int]:
+    if not digits.isdigit() or int(digits) < 1:
+        raise _parse_error(spec, "ddim needs a positive step count after it")
+    want = int(digits)
+    if want > num_timesteps:
+        raise _parse_error(spec, f"it asks for {want} steps but the process has only {num_timesteps}")
+    for stride in range(1, num_timesteps + 1):
+        if len(range(0, num_timesteps, stride)) == want:
+            return list(range(0, num_timesteps, stride))
+    raise _parse_error(
+        spec, f"no integer stride gives exactly {want} of {num_timesteps} steps; use '{want}' for even sections"
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """Float64 tables [N] of a diffusion with N (possibly respaced) steps; timestep_map[i] is step i's
+    timestep in the original T-step chain that the model was trained on."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    alphas_cumprod_next: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    log_one_minus_alphas_cumprod: torch.Tensor
+    sqrt_recip_alphas_cumprod: torch.Tensor
+    sqrt_recipm1_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor          # beta-tilde (Ho et al. eq. 7)
+    posterior_log_variance_clipped: torch.Tensor  # log beta-tilde, with step 0 set to step 1 (beta-tilde_0 = 0)
+    posterior_mean_coef1: torch.Tensor        # coefficient of x_0 in mu-tilde
+    posterior_mean_coef2: torch.Tensor        # coefficient of x_t in mu-tilde
+    timestep_map: torch.Tensor                # int64 [N]
+    original_num_steps: int
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
+                   original_num_steps: int | None = None) -> "Schedule":
+        """All tables from a [N] vector of betas (Ho et al. 2020 section 2)."""
+        b = torch.as_tensor(betas, dtype=torch.float64)
+        if b.ndim != 1 or not bool(((b > 0) & (b <= 1)).all()):
+            raise ConfigError("betas must be a 1-D vector with values in (0, 1]")
+        n = b.shape[0]
+        ac = torch.cumprod(1.0 - b, dim=0)
+        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+        ac_next = torch.cat([ac[1:], ac.new_zeros(1)])
+        post_var = b * (1.0 - ac_prev) / (1.0 - ac)
+        post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if n > 1 else torch.log(post_var)
+        tmap = torch.arange(n) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.int64)
+        return cls(
+            betas=b,
+            alphas_cumprod=ac,
+            alphas_cumprod_prev=ac_prev,
+            alphas_cumprod_next=ac_next,
+            sqrt_alphas_cumprod=ac.sqrt(),
+            sqrt_one_minus_alphas_cumprod=(1.0 - ac).sqrt(),
+            log_one_minus_alphas_cumprod=torch.log(1.0 - ac),
+            sqrt_recip_alphas_cumprod=(1.0 / ac).sqrt(),
+            sqrt_recipm1_alphas_cumprod=(1.0 / ac - 1).sqrt(),
+            posterior_variance=post_var,
+            posterior_log_variance_clipped=post_log,
+            posterior_mean_coef1=b * ac_prev.sqrt() / (1.0 - ac),
+            posterior_mean_coef2=(1.0 - ac_prev) * (1.0 - b).sqrt() / (1.0 - ac),
+            timestep_map=tmap,
+            original_num_steps=int(original_num_steps or n),
+        )
+
+    @classmethod
+    def create(cls, schedule: str, steps: int, respacing: str | Sequence[int] = "") -> "Schedule":
+        """The tables of a named schedule with T=steps, respaced (betas recomputed so that the kept
+        steps have the original alpha_bar)."""
+        base = make_betas(schedule, steps)
+        keep = space_timesteps(steps, respacing)
+        if len(keep) == steps:
+            return cls.from_betas(base)
+        ac = torch.cumprod(1.0 - base, dim=0)
+        kept = ac[keep]
+        prev = torch.cat([kept.new_ones(1), kept[:-1]])
+        return cls.from_betas(1 - kept / prev, timestep_map=torch.tensor(keep), original_num_steps=steps)
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """The tables by guided-diffusion's attribute names."""
+        names = [f for f in self.__dataclass_fields__ if f != "original_num_steps"]
+        return {n: getattr(self, n) for n in names}
+
+
+def extract(table: torch.Tensor, t: torch.Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """table[t] as [N, 1, ..., 1] (ndim dims) in dtype on t's device (float64 only where kept)."""
+    if t.device.type == "mps":  # no float64 there: index on the CPU
+        vals = table[t.cpu()].to(dtype).to(t.device)
+    else:
+        vals = table.to(t.device)[t].to(dtype)
+    return vals.reshape(-1, *([1] * (ndim - 1)))
