@@ -46,6 +46,15 @@ def _check_common(cfg) -> None:
 class _ConfigIO:
     """to_dict / from_dict with tuples and the nested DiffusionConfig."""
 
+    def __post_init__(self) -> None:
+        # Accept lists and a dict for the diffusion settings (as read from JSON); store tuples.
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+            elif f.name == "diffusion" and isinstance(v, dict):
+                object.__setattr__(self, f.name, DiffusionConfig.from_dict(v))
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
