@@ -139,7 +139,7 @@ class Schedule:
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
         ac_next = torch.cat([ac[1:], ac.new_zeros(1)])
         post_var = b * (1.0 - ac_prev) / (1.0 - ac)
-        post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if n > 1 else torch.log(post_var)
+        post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if n > 1 else torch.log(b)  # 1 step: no beta-tilde_1
         tmap = torch.arange(n) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.int64)
         return cls(
             betas=b,
@@ -161,16 +161,20 @@ class Schedule:
 
     @classmethod
     def create(cls, schedule: str, steps: int, respacing: str | Sequence[int] = "") -> "Schedule":
-        """The tables of a named schedule with T=steps, respaced (betas recomputed so that the kept
-        steps have the original alpha_bar)."""
-        base = make_betas(schedule, steps)
-        keep = space_timesteps(steps, respacing)
-        if len(keep) == steps:
-            return cls.from_betas(base)
-        ac = torch.cumprod(1.0 - base, dim=0)
-        kept = ac[keep]
+        """The tables of a named schedule with T=steps, respaced by a spec (see space_timesteps)."""
+        base = cls.from_betas(make_betas(schedule, steps))
+        return base.respaced(space_timesteps(base.num_timesteps, respacing))
+
+    def respaced(self, use_timesteps) -> "Schedule":
+        """The process that keeps only `use_timesteps` of this one: betas recomputed so that every kept
+        step has its original alpha_bar (guided-diffusion's SpacedDiffusion)."""
+        keep = sorted({int(i) for i in use_timesteps})
+        if not keep or keep[0] < 0 or keep[-1] >= self.num_timesteps:
+            raise ConfigError(f"timesteps to keep must be a non-empty subset of 0..{self.num_timesteps - 1}")
+        kept = self.alphas_cumprod[keep]
         prev = torch.cat([kept.new_ones(1), kept[:-1]])
-        return cls.from_betas(1 - kept / prev, timestep_map=torch.tensor(keep), original_num_steps=steps)
+        return Schedule.from_betas(1 - kept / prev, timestep_map=self.timestep_map[keep],
+                                   original_num_steps=self.original_num_steps)
 
     def tables(self) -> dict[str, torch.Tensor]:
         """The tables by guided-diffusion's attribute names."""
