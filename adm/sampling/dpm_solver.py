@@ -31,9 +31,11 @@ def sample_dpmpp_2m(
     With alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), lambda_t = log(alpha_t / sigma_t)
     and h = lambda_s - lambda_t, a step from t to the next step s is
         x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,
-    with D the x_0 prediction at t (first step) or the 2M extrapolation
-        D = (1 + 1/(2r)) D_t - 1/(2r) D_prev,   r = h_prev / h.
-    The last step goes to sigma = 0, where the solution is the x_0 prediction at step 0.
+    with D the 2M extrapolation D = (1 + 1/(2r)) D_t - 1/(2r) D_prev, r = h_prev / h, or D = D_t
+    (first order, DDIM) on the first step and on the step into step 0: lambda jumps there (about 3.4
+    of the cosine schedule's 15 at 10 steps), and extrapolating over it costs more than it gains
+    (on Gaussian data, 20 cosine steps: error 0.007 instead of 0.2). The last step goes to sigma = 0,
+    where the solution is the x_0 prediction at step 0.
     """
     ab = diffusion.schedule.alphas_cumprod.tolist()  # float64 scalars: every image shares the step
     lam = [0.5 * math.log(a / (1 - a)) for a in ab]
@@ -51,7 +53,7 @@ def sample_dpmpp_2m(
             else:
                 s = i - 1
                 h = lam[s] - lam[i]
-                if d_prev is None:
+                if d_prev is None or s == 0:
                     d = d_t
                 else:
                     r = h_prev / h
