@@ -9,6 +9,7 @@ so use it without persistent workers when flipping, or accept one fixed set of f
 from __future__ import annotations
 
 import operator
+import os
 import zipfile
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class FolderImageDataset(ImageDataset):
         self.paths = index.paths
         self.skipped = index.skipped  # (path, reason) of every file left out
         self.on_error = on_error
+        self._undecodable: set[int] = set()  # reported once, then passed over
 
     def _decode(self, index: int) -> np.ndarray | None:
         """One file -> uint8 [S, S, C]; None (reported) or DataError when it cannot be decoded."""
@@ -118,6 +120,7 @@ class FolderImageDataset(ImageDataset):
         except Exception as e:
             if self.on_error == "raise":
                 raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+            self._undecodable.add(index)
             self.skipped.append((path, f"{type(e).__name__}: {e}"))
             report_skipped(self.skipped[-1:])
             return None
@@ -127,14 +130,14 @@ class FolderImageDataset(ImageDataset):
         # one together with that one's own label, so an image never carries another image's label.
         for k in range(len(self)):
             i = (index + k) % len(self)
-            arr = self._decode(i)
+            arr = None if i in self._undecodable else self._decode(i)
             if arr is not None:
                 return arr, int(self.labels[i])
         raise DataError(f"{self.source}: none of the {len(self)} images can be decoded")
 
 
 def load_dataset(
-    source: str,
+    source: str | os.PathLike,
     image_size: int,
     *,
     channels: int | None = None,
@@ -145,8 +148,13 @@ def load_dataset(
     seed: int = 0,
 ) -> ImageDataset:
     """'fashion-mnist', an image folder or a .npz -> dataset of (float32 [C, S, S] in [-1, 1], int64 label)."""
-    if not isinstance(image_size, int) or image_size < 1:
+    try:
+        size = 0 if isinstance(image_size, bool) else operator.index(image_size)
+    except TypeError:
+        size = 0
+    if size < 1:
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    image_size = size
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 (grey), 3 (RGB) or None (the source's own), got {channels!r}")
     if on_error not in ("skip", "raise"):

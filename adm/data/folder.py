@@ -60,7 +60,9 @@ def report_skipped(skipped: list[tuple[Path, str]], limit: int = 20) -> None:
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (all listed in dataset.skipped)")
     warnings.warn(
-        f"skipped {len(skipped)} unreadable image(s):\n" + "\n".join(lines), CorruptImageWarning, stacklevel=3
+        f"skipped {len(skipped)} unreadable image(s):\n" + "\n".join(lines),
+        CorruptImageWarning,
+        stacklevel=5,  # the caller of load_dataset or of dataset[i] (both four frames up)
     )
 
 
