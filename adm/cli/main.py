@@ -10,6 +10,7 @@ from adm.errors import AdmError
 # Each module defines `register(subparsers)`, which adds its parser(s) and sets `func(args) -> int`.
 COMMAND_MODULES = [
     "adm.cli.train",
+    "adm.cli.evaluate",
 ]
 
 

@@ -1,0 +1,226 @@
+"""Image batches to evaluate, read lazily: .npz in the paper's format, image folders, Fashion-MNIST."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from adm.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+
+
+@dataclass
+class ImageSource:
+    """N uint8 images [H x W x C] (C = 1 or 3) read in batches; shape is None when sizes vary."""
+
+    description: str
+    num: int
+    shape: tuple[int, int, int] | None
+    fingerprint: str  # changes whenever the images may have changed (keys the feature cache)
+    _batches: Callable[[int], Iterator[np.ndarray]]
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Consecutive uint8 [B x H x W x C] batches (B <= batch_size; smaller where sizes change)."""
+        return self._batches(batch_size)
+
+    def head(self, n: int) -> "ImageSource":
+        """The first n images only."""
+        if n < 1:
+            raise DataError(f"the number of images must be at least 1, got {n}")
+        if n >= self.num:
+            return self
+
+        def batches(batch_size: int) -> Iterator[np.ndarray]:
+            left = n
+            for b in self._batches(min(batch_size, n)):
+                yield b[:left]
+                left -= len(b[:left])
+                if left == 0:
+                    return
+
+        return ImageSource(f"{self.description}", n, self.shape, f"{self.fingerprint}:head={n}", batches)
+
+
+def from_array(images: np.ndarray, description: str = "array") -> ImageSource:
+    """An ImageSource over an in-memory uint8 [N x H x W x C] array (C = 1 or 3)."""
+    images = np.asarray(images)
+    _check_array_format(images.shape, images.dtype, description)
+    digest = hashlib.sha1(np.ascontiguousarray(images).view(np.uint8)).hexdigest()
+    return ImageSource(description, len(images), tuple(images.shape[1:]), f"array:{digest}",
+                       lambda bs: (images[i:i + bs] for i in range(0, len(images), bs)))
+
+
+def _check_array_format(shape: tuple, dtype: np.dtype, what: str) -> None:
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        raise DataError(f"{what}: expected images as uint8 [N x H x W x C] with C = 1 or 3, got shape {tuple(shape)}")
+    if dtype != np.uint8:
+        raise DataError(f"{what}: expected uint8 pixels in [0, 255], got {dtype} (convert with (x * 127.5 + 127.5).clip(0, 255).astype(np.uint8))")
+    if shape[0] == 0:
+        raise DataError(f"{what}: holds no images")
+
+
+def _file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def npz_keys(path: str | os.PathLike) -> list[str]:
+    """Names of the arrays in an .npz file."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def _read_npy_header(f) -> tuple[tuple, bool, np.dtype] | None:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    return None
+
+
+def _read_exact(f, size: int) -> bytearray:
+    data = bytearray()  # writable, so torch.from_numpy of it needs no copy and gives no warning
+    while len(data) < size:
+        chunk = f.read(size - len(data))
+        if not chunk:
+            raise DataError(f"truncated .npz file: expected {size} bytes, got {len(data)}")
+        data += chunk
+    return data
+
+
+def open_npz(path: str | os.PathLike, key: str = "arr_0") -> ImageSource:
+    """The images `key` of an .npz file, streamed from the archive batch by batch (50k images need no RAM)."""
+    path = Path(path)
+    if key not in npz_keys(path):
+        raise DataError(f"{path}: no '{key}' image array (it holds {', '.join(npz_keys(path)) or 'nothing'}); "
+                        f"expected the paper's format: arr_0 = uint8 [N x H x W x C]")
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+        header = _read_npy_header(f)
+    if header is None or header[1]:  # unusual .npy version or Fortran order: load it whole
+        arr = np.load(path)[key]
+        source = from_array(arr, f"{path}")
+        source.fingerprint = _file_fingerprint(path)
+        return source
+    shape, _, dtype = header
+    _check_array_format(shape, dtype, str(path))
+    row = int(np.prod(shape[1:]))
+
+    def batches(batch_size: int) -> Iterator[np.ndarray]:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+            _read_npy_header(f)
+            for i in range(0, shape[0], batch_size):
+                n = min(batch_size, shape[0] - i)
+                yield np.frombuffer(_read_exact(f, n * row), np.uint8).reshape(n, *shape[1:])
+
+    return ImageSource(str(path), shape[0], tuple(shape[1:]), _file_fingerprint(path), batches)
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im if im.mode in ("L", "RGB") else im.convert("L" if im.mode in ("1", "LA", "I;16", "I") else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def open_folder(path: str | os.PathLike, allow_mixed: bool = False) -> ImageSource:
+    """PNG/JPEG files under a folder (recursively, sorted by path), read with Pillow; grey stays 1 channel."""
+    from PIL import Image
+
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{root}: no PNG or JPEG images found")
+    shapes = []
+    for p in files:  # headers only: a mixed folder fails before any feature is computed
+        try:
+            with Image.open(p) as im:
+                shapes.append((im.size[1], im.size[0], 1 if im.mode in ("1", "L", "LA", "I;16", "I") else 3))
+        except OSError as e:
+            raise DataError(f"cannot read image {p}: {e}") from None
+    shape = shapes[0]
+    odd = next((i for i, s in enumerate(shapes) if s != shape), None)
+    if odd is not None and not allow_mixed:
+        raise DataError(f"{root}: images differ in size or channels ({files[0].name} is {_fmt(shape)}, "
+                        f"{files[odd].relative_to(root)} is {_fmt(shapes[odd])}); pass --resize to feed each to the "
+                        f"network at its input size anyway")
+    h = hashlib.sha1()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+
+    def batches(batch_size: int) -> Iterator[np.ndarray]:
+        i = 0
+        while i < len(files):  # a batch never mixes shapes
+            j = i + 1
+            while j < len(files) and j - i < batch_size and shapes[j] == shapes[i]:
+                j += 1
+            yield np.stack([_load_image(p) for p in files[i:j]])
+            i = j
+
+    return ImageSource(str(root), len(files), shape if odd is None else None, f"{root.resolve()}:{h.hexdigest()}", batches)
+
+
+def _fmt(shape: tuple[int, int, int] | None) -> str:
+    return "of mixed sizes" if shape is None else f"{shape[0]}x{shape[1]}x{shape[2]}"
+
+
+def read_idx_images(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [N x rows x cols] images of an IDX file (MNIST format, optionally gzipped)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 16 or int.from_bytes(data[:4], "big") != 2051:
+        raise DataError(f"{path}: not an IDX image file (magic number 2051 expected)")
+    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+    if len(data) != 16 + n * rows * cols:
+        raise DataError(f"{path}: truncated IDX file")
+    return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def open_fashion_mnist(split: str = "test", pad: bool = True, root: str | os.PathLike | None = None) -> ImageSource:
+    """Fashion-MNIST images, uint8 [N x 32 x 32 x 1] (zero-padded from 28; [N x 28 x 28 x 1] with pad=False)."""
+    if split not in ("test", "train"):
+        raise DataError(f"Fashion-MNIST split must be 'test' or 'train', got {split!r}")
+    root = Path(root or os.environ.get("ADM_FASHION_MNIST") or FASHION_MNIST_DIR)
+    stem = "t10k" if split == "test" else "train"
+    path = next((root / f"{stem}-images-idx3-ubyte{s}" for s in (".gz", "")
+                 if (root / f"{stem}-images-idx3-ubyte{s}").is_file()), None)
+    if path is None:
+        raise DataError(f"Fashion-MNIST not found under {root}: install it with `apt-get install -y {FASHION_MNIST_PACKAGE}`")
+    images = read_idx_images(path)[..., None]
+    if pad:
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    source = from_array(images, f"fashion-mnist {split}")
+    source.fingerprint = f"fashion-mnist:{split}:pad={pad}:{_file_fingerprint(path)}"
+    return source
+
+
+def open_images(spec: str | os.PathLike, allow_mixed: bool = False, pad: bool = True) -> ImageSource:
+    """Images from an .npz (arr_0), a folder, or 'fashion-mnist[:train]' (padded to 32x32 unless pad=False)."""
+    text = str(spec)
+    if text in ("fashion-mnist", "fashion-mnist:test", "fashion-mnist:train"):
+        return open_fashion_mnist(text.partition(":")[2] or "test", pad=pad)
+    path = Path(spec)
+    if path.is_dir():
+        return open_folder(path, allow_mixed)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (expected an .npz, an image folder or 'fashion-mnist')")
+    return open_npz(path)
