@@ -1,0 +1,266 @@
+"""ADM-G: a diffusion model, a noisy classifier and a guidance scale in one object (paper section 4);
+`upsample` samples ADM-U given low-resolution images (paper section 5)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from adm.diffusion.config import DiffusionConfig
+from adm.diffusion.process import Diffusion
+from adm.diffusion.schedule import space_timesteps
+from adm.errors import ConfigError
+from adm.sampling import SAMPLERS, get_sampler
+from adm.sampling.guidance import classifier_free_guidance, classifier_guidance
+from adm.sampling.model import Callback, CondFn, ModelFn
+from adm.sampling.seeds import SeededNoise, initial_noise
+
+# Steps when none are given: the paper's 250 DDPM steps; 25 for the deterministic fast samplers.
+DEFAULT_STEPS = {"ddpm": 250, "ddim": 25, "dpmpp2m": 25}
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] floats in [-1, 1] -> [N, H, W, C] uint8, as the paper's .npz batches store them
+    (guided-diffusion truncates: ((x + 1) * 127.5).clamp(0, 255).to(uint8))."""
+    return ((images + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def respacing_for(steps: int | str | None, sampler: str, num_steps: int) -> str:
+    """The respacing spec for `steps`: a string is used as given ("250", "ddim25", "10,15,20"); an int
+    N means N evenly spaced steps, or for DDIM the DDIM paper's stride ("ddimN") when one gives N."""
+    if steps is None:
+        steps = DEFAULT_STEPS.get(sampler, 250)
+    if isinstance(steps, str):
+        space_timesteps(num_steps, steps)  # fail early on a bad spec
+        return steps
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ConfigError(f"steps must be a positive integer or a respacing string, got {steps!r}")
+    if sampler == "ddim":
+        try:
+            space_timesteps(num_steps, f"ddim{int(steps)}")
+            return f"ddim{int(steps)}"
+        except ConfigError:
+            pass
+    space_timesteps(num_steps, str(int(steps)))
+    return str(int(steps))
+
+
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Image i gets seed + i (or seed[i]), so that it is the same whatever the batching."""
+    if isinstance(seed, int):
+        return [seed + i for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ConfigError(f"{len(seeds)} seeds given for {n} images")
+    return seeds
+
+
+def _random_labels(seeds: list[int], num_classes: int) -> torch.Tensor:
+    """One label per image, drawn from a generator of its own seed (a stream apart from its noise)."""
+    salt = 0x5DEECE66D
+    return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + salt)))
+                         for s in seeds], dtype=torch.long)
+
+
+def _as_labels(labels, n: int | None) -> torch.Tensor:
+    y = torch.as_tensor(labels).long().reshape(-1)
+    if n is not None and n != len(y):
+        raise ConfigError(f"n={n} does not match the {len(y)} labels given")
+    return y
+
+
+def _check_range(y: torch.Tensor, num_classes: int, what: str) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise ConfigError(f"label {bad} does not exist for {what} with {num_classes} classes (0..{num_classes - 1})")
+
+
+def generate(
+    model: ModelFn,                              # model(x, t, **model_kwargs)
+    diffusion_config: DiffusionConfig,           # the settings the model was trained with
+    shape: Sequence[int],                        # [N, C, H, W]
+    *,
+    sampler: str = "ddpm",                       # one of adm.sampling.SAMPLERS
+    steps: int | str | None = None,              # see respacing_for
+    seed: int | Sequence[int] = 0,               # image i uses seed + i
+    model_kwargs: dict | None = None,            # per-image tensors ([N, ...]) are cut into batches
+    cond_fn_for: Callable[[slice], CondFn | None] | None = None,  # guidance for a batch of images
+    eta: float = 0.0,                            # DDIM only
+    batch_size: int | None = None,               # images per model call (default: all)
+    clip_denoised: bool = True,
+    progress: bool = False,
+    callback: Callback | None = None,
+    device=None,
+) -> torch.Tensor:
+    """[N, C, H, W] samples clamped to [-1, 1] (guidance can push the last step slightly past the
+    range) from any sampler, with per-image seeded noise."""
+    sample_fn = get_sampler(sampler)
+    if eta and sampler != "ddim":
+        raise ConfigError(f"eta applies to the ddim sampler only (sampler is {sampler!r})")
+    diffusion = Diffusion.from_config(diffusion_config, respacing_for(steps, sampler, diffusion_config.steps))
+    n = int(shape[0])
+    seeds = _seeds(seed, n)
+    batch_size = n if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    extra = {"eta": eta} if sampler == "ddim" else {}
+    out = []
+    for lo in range(0, n, batch_size):
+        part = slice(lo, min(n, lo + batch_size))
+        noise = SeededNoise(seeds[part])
+        x_T = initial_noise(noise, (part.stop - part.start, *shape[1:]), device)
+        kwargs = {k: v[part] if torch.is_tensor(v) and v.shape[:1] == (n,) else v
+                  for k, v in (model_kwargs or {}).items()}
+        out.append(sample_fn(model, diffusion, x_T, noise=noise, model_kwargs=kwargs, clip_denoised=clip_denoised,
+                             cond_fn=cond_fn_for(part) if cond_fn_for else None, callback=callback,
+                             progress=progress, **extra))
+    return torch.cat(out).clamp(-1, 1)
+
+
+def _device(module: nn.Module, device):
+    if device is not None:
+        return torch.device(device)
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class ADM_G(nn.Module):
+    """Guided sampling (paper section 4): a diffusion model with a noisy classifier and a scale s
+    (classifier guidance, Algorithms 1 and 2), or, with classifier=None, a model trained with label
+    dropout (classifier-free guidance, eps_uncond + s (eps_cond - eps_uncond)).
+
+    Unconditional models can be guided by a classifier (the paper's Table 4). Scale 0 is unguided
+    sampling.
+    """
+
+    to_uint8 = staticmethod(to_uint8)
+
+    def __init__(self, diffusion_model: nn.Module, classifier: nn.Module | None = None, scale: float = 1.0):
+        super().__init__()
+        self.model = diffusion_model
+        self.classifier = classifier
+        self.scale = self._check_scale(scale)
+        model_classes = self.model.config.num_classes
+        if classifier is not None:
+            clf_classes = classifier.config.num_classes
+            if model_classes and clf_classes != model_classes:
+                raise ConfigError(
+                    f"the classifier has {clf_classes} classes but the diffusion model {model_classes}"
+                )
+        elif self.scale != 1.0 and self.null_label is None:
+            raise ConfigError(
+                "classifier-free guidance (no classifier, scale != 1) needs a model trained with label "
+                "dropout (a config with null_class=True); pass a classifier for classifier guidance"
+            )
+
+    @staticmethod
+    def _check_scale(scale: float) -> float:
+        scale = float(scale)
+        if not scale >= 0:
+            raise ConfigError(f"the guidance scale must be >= 0, got {scale}")
+        return scale
+
+    @property
+    def null_label(self) -> int | None:
+        return getattr(self.model, "null_label", None)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the labels index: the classifier's, else the model's (0: unconditional)."""
+        if self.classifier is not None:
+            return self.classifier.config.num_classes
+        return self.model.config.num_classes
+
+    def sample(
+        self,
+        labels: torch.Tensor | Sequence[int] | None = None,  # [N] class labels, or None for random / none
+        n: int | None = None,                     # number of images when no labels are given
+        *,
+        steps: int | str | None = None,           # 250 for ddpm, 25 for ddim / dpmpp2m; or "ddim25", "10,15,20"
+        sampler: str = "ddpm",                    # "ddpm" | "ddim" | "dpmpp2m"
+        scale: float | None = None,               # overrides the object's guidance scale
+        seed: int | Sequence[int] = 0,            # image i uses seed + i, whatever the batch size
+        eta: float = 0.0,                         # DDIM's eta
+        batch_size: int | None = None,
+        clip_denoised: bool = True,
+        progress: bool = False,                   # tqdm bar over the steps
+        callback: Callback | None = None,         # per step: {"i", "t", "x", "sample", "pred_xstart"}
+        device=None,
+    ) -> torch.Tensor:
+        """[N, C, H, W] images in [-1, 1] (ADM_G.to_uint8 gives the paper's NHWC uint8)."""
+        scale = self.scale if scale is None else self._check_scale(scale)
+        cfg = self.model.config
+        num_classes = self.num_classes
+        if labels is None:
+            if n is None:
+                raise ConfigError("give labels or a number of images n")
+            y = _random_labels(_seeds(seed, n), num_classes) if num_classes else None
+        else:
+            if not num_classes:
+                raise ConfigError("labels were given for an unconditional model without a classifier")
+            y = _as_labels(labels, n)
+            _check_range(y, num_classes, "the classifier" if self.classifier is not None else "the model")
+        count = n if y is None else len(y)
+        device = _device(self.model, device)
+        if y is not None:
+            y = y.to(device)
+
+        model_fn: ModelFn = self.model
+        cond_fn_for = None
+        if self.classifier is not None and scale > 0:
+            def cond_fn_for(part: slice) -> CondFn:
+                return classifier_guidance(self.classifier, scale, labels=y[part])
+        elif self.classifier is None and scale != 1.0:
+            if self.null_label is None:
+                raise ConfigError("classifier-free guidance needs a model trained with label dropout (null_class)")
+            model_fn = classifier_free_guidance(self.model, scale, self.null_label)
+        model_kwargs = {"y": y} if cfg.num_classes else {}
+        return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),
+                        sampler=sampler, steps=steps, seed=seed, model_kwargs=model_kwargs,
+                        cond_fn_for=cond_fn_for, eta=eta, batch_size=batch_size, clip_denoised=clip_denoised,
+                        progress=progress, callback=callback, device=device)
+
+
+def _low_res_float(low_res: torch.Tensor) -> torch.Tensor:
+    """Float [N, C, h, w] in [-1, 1]; uint8 input is taken as the paper's NHWC .npz layout."""
+    if low_res.dtype == torch.uint8:
+        return low_res.permute(0, 3, 1, 2).float() / 127.5 - 1
+    return low_res.float()
+
+
+def upsample(
+    sr_model: nn.Module,                          # ADM_U: model(x_t, t, low_res=..., y=None)
+    low_res: torch.Tensor,                        # [N, C, h, w] in [-1, 1], or uint8 [N, h, w, C]
+    labels: torch.Tensor | Sequence[int] | None = None,  # [N] for class-conditional upsamplers
+    *,
+    steps: int | str | None = None,
+    sampler: str = "ddpm",
+    seed: int | Sequence[int] = 0,
+    eta: float = 0.0,
+    batch_size: int | None = None,
+    clip_denoised: bool = True,
+    progress: bool = False,
+    callback: Callback | None = None,
+    device=None,
+) -> torch.Tensor:
+    """[N, C, H, W] upsampled images in [-1, 1], H = the model's image_size."""
+    cfg = sr_model.config
+    device = _device(sr_model, device)
+    low = _low_res_float(low_res).to(device)
+    kwargs: dict = {"low_res": low}
+    if cfg.num_classes:
+        if labels is None:
+            raise ConfigError(f"this upsampler is class-conditional ({cfg.num_classes} classes): pass labels")
+        y = _as_labels(labels, low.shape[0])
+        _check_range(y, cfg.num_classes, "the upsampler")
+        kwargs["y"] = y.to(device)
+    elif labels is not None:
+        raise ConfigError("labels were given for an unconditional upsampler")
+    shape = (low.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
+    return generate(sr_model, cfg.diffusion, shape, sampler=sampler, steps=steps, seed=seed, model_kwargs=kwargs,
+                    eta=eta, batch_size=batch_size, clip_denoised=clip_denoised, progress=progress,
+                    callback=callback, device=device)
+
+
+__all__ = ["ADM_G", "DEFAULT_STEPS", "SAMPLERS", "generate", "respacing_for", "to_uint8", "upsample"]
