@@ -11,6 +11,10 @@ from adm.errors import AdmError
 COMMAND_MODULES = [
     "adm.cli.train",
     "adm.cli.evaluate",
+    "adm.cli.convert",
+    "adm.cli.sample",
+    "adm.cli.upsample",
+    "adm.cli.demo",
 ]
 
 

@@ -1,0 +1,288 @@
+"""`adm sample`: images from a preset, checkpoint or run directory, guided by a classifier (ADM-G) or
+classifier-free, optionally upsampled by ADM-U (the paper's cascade); PNGs, a grid and the paper's .npz."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from adm.cli.common import (
+    MANIFEST_NAME,
+    Loaded,
+    Progress,
+    add_parser,
+    add_runtime_args,
+    autocast,
+    check_manifest,
+    finish_outputs,
+    load_model,
+    num_steps,
+    parse_device,
+    parse_dtype,
+    parse_labels,
+    parse_seeds,
+    png_name,
+    produce,
+    save_png_atomic,
+    writable_dir,
+    write_json_file,
+)
+from adm.errors import ConfigError
+
+# The upsampler of a cascade draws its noise from seed + this, a stream apart from the base image's.
+UPSAMPLE_SEED_OFFSET = 1 << 32
+
+EPILOG = """examples:
+  # the paper's ADM-G at 256x256: 250 DDPM steps, classifier scale 1.0 (downloads both checkpoints)
+  adm sample --preset ADM_diffusion_256_conditioned --pretrained --classifier ADM_classifier_256 --scale 1.0 \\
+      --num 16 --labels 207,360,387,974 --out samples/adm256
+
+  # official files with guided-diffusion's flag strings
+  adm sample --checkpoint 64x64_diffusion.pt --flags "$MODEL_FLAGS" \\
+      --classifier 64x64_classifier.pt --classifier-flags "$CLASSIFIER_FLAGS" --scale 1.0 --num 64
+
+  # a training run directory (its exported EMA model), classes 0-9, 100 fixed seeds, 25 DDIM steps
+  adm sample --model runs/fmnist --labels 0-9 --seed 0-99 --sampler ddim --steps 25 --out samples/fmnist
+
+  # classifier-free guidance (a model trained with label dropout)
+  adm sample --model runs/fmnist --cfg-scale 3 --num 64 --sampler ddim --steps 50
+
+  # the cascade ADM-G 128 + ADM-U 128->512 in one call
+  adm sample --preset ADM_diffusion_128_conditioned --pretrained --classifier ADM_classifier_128 --scale 0.5 \\
+      --upsample ADM_U_128_512 --num 8
+
+  # 50,000 images for FID on 8 GPUs (the same images as one process; a rerun resumes)
+  torchrun --nproc_per_node 8 -m adm sample --preset ADM_diffusion_64_conditioned --pretrained \\
+      --classifier ADM_classifier_64 --num 50000 --batch-size 256 --out samples/fid64
+
+Output: OUT/<seed>.png (e.g. 000042.png), OUT/grid.png, OUT/samples_NxHxWxC.npz (arr_0 uint8 NHWC,
+arr_1 labels) and OUT/samples.json (settings and the label of each seed). Image i uses its own seed,
+so --seed 0-63 gives the same images with any --batch-size or number of processes.
+"""
+
+
+def register(subparsers) -> None:
+    p = add_parser(
+        subparsers, "sample", help="sample images (guided, classifier-free, or the cascade with an upsampler)",
+        description="Sample images from a diffusion model: a preset, a saved model or training run directory, or "
+        "an official .pt with its flags. Classifier guidance (--classifier, --scale) or classifier-free guidance "
+        "(--cfg-scale); --upsample adds ADM-U (the paper's cascade).",
+        epilog=EPILOG,
+    )
+    g = p.add_argument_group("model (one of)")
+    g.add_argument("--model", metavar="SRC", help="saved model or training run directory, .pt/.safetensors file, "
+                   "or preset name (its released weights)")
+    g.add_argument("--preset", metavar="NAME", help="a preset architecture; weights from --pretrained or --checkpoint")
+    g.add_argument("--pretrained", action="store_true", help="the preset's released weights (downloaded and cached)")
+    g.add_argument("--checkpoint", metavar="PATH", help="weights file (for --preset, or alone with --flags)")
+    g.add_argument("--flags", metavar="STR", help='guided-diffusion MODEL_FLAGS of a .pt, e.g. "--image_size 64 ..."')
+    g = p.add_argument_group("guidance")
+    g.add_argument("--classifier", metavar="SRC", help="noisy classifier: preset, directory, .pt file, or 'auto' "
+                   "(the preset's recommended one)")
+    g.add_argument("--classifier-flags", metavar="STR", help="guided-diffusion CLASSIFIER_FLAGS of a classifier .pt")
+    g.add_argument("--scale", type=float, help="classifier guidance scale (default: the preset's, else 1.0)")
+    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale w (1: plain conditional)")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: the preset's, else ddpm")
+    g.add_argument("--steps", help="steps (int), a respacing ('250', 'ddim25', '10,15,20') or 'all' "
+                   "(default: the preset's, else 250 for ddpm, 25 for ddim/dpmpp2m)")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    g = p.add_argument_group("images")
+    g.add_argument("--num", type=int, help="number of images (seeds S..S+num-1 for --seed S; default 16)")
+    g.add_argument("--seed", help="per-image seeds: S, a list or ranges like 0-63,100 (default 0)")
+    g.add_argument("--labels", help="class labels, cycled over the images: '3', '0,3,5', '0-9' or 'random' (default)")
+    g.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    g = p.add_argument_group("cascade")
+    g.add_argument("--upsample", metavar="SRC", help="ADM-U upsampler (preset, directory or .pt) applied to every image")
+    g.add_argument("--upsample-flags", metavar="STR", help="guided-diffusion SR flags of an upsampler .pt")
+    g.add_argument("--upsample-sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
+    g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else 250 / 25)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="samples", help="output directory (default ./samples)")
+    g.add_argument("--grid", type=int, default=64, help="images in grid.png (default 64, 0: no grid)")
+    g.add_argument("--overwrite", action="store_true", help="remake images already in --out (default: skip them)")
+    add_runtime_args(p)
+    p.set_defaults(func=run_sample)
+
+
+# -- choosing models and settings -----------------------------------------------------------------
+def load_base(args: argparse.Namespace, device) -> Loaded:
+    """The diffusion model from --model, --preset (+ --pretrained/--checkpoint) or --checkpoint (+ --flags)."""
+    if args.model and (args.preset or args.checkpoint):
+        raise ConfigError("give either --model, or --preset with --pretrained/--checkpoint, or --checkpoint with --flags")
+    if args.preset:
+        if not (args.pretrained or args.checkpoint):
+            raise ConfigError(f"--preset {args.preset} needs weights: add --pretrained (download) or --checkpoint FILE")
+        if args.pretrained and args.checkpoint:
+            raise ConfigError("give --pretrained or --checkpoint, not both")
+        return load_model(args.preset, ("ADM",), flags=args.flags, checkpoint=args.checkpoint, device=device)
+    if args.model:
+        return load_model(args.model, ("ADM",), flags=args.flags, device=device)
+    if args.checkpoint:
+        return load_model(None, ("ADM",), flags=args.flags, checkpoint=args.checkpoint, device=device)
+    raise ConfigError("no model: give --model DIR, --preset NAME --pretrained, or --checkpoint FILE [--flags ...]")
+
+
+def load_classifier(args: argparse.Namespace, base: Loaded, device) -> Loaded | None:
+    """The noisy classifier of --classifier ('auto': the base preset's recommended one), checked against the model."""
+    if not args.classifier:
+        if args.classifier_flags:
+            raise ConfigError("--classifier-flags needs --classifier FILE.pt")
+        return None
+    source = args.classifier
+    if source == "auto":
+        source = base.sample_settings().get("classifier")
+        if source is None:
+            raise ConfigError("--classifier auto: the model is not a preset with a recommended classifier")
+    clf = load_model(source, ("ADM_classifier",), flags=args.classifier_flags, what="--classifier", device=device)
+    m, c = base.model.config, clf.model.config
+    if (c.image_size, c.in_channels) != (m.image_size, m.in_channels):
+        raise ConfigError(
+            f"the classifier takes {c.image_size}x{c.image_size}x{c.in_channels} images but the model makes "
+            f"{m.image_size}x{m.image_size}x{m.in_channels}"
+        )
+    return clf
+
+
+def load_upsampler(args: argparse.Namespace, base: Loaded, device) -> Loaded | None:
+    """The ADM-U of --upsample, checked against the base model's image size."""
+    if not args.upsample:
+        return None
+    up = load_model(args.upsample, ("ADM_U",), flags=args.upsample_flags, what="--upsample", device=device)
+    m, u = base.model.config, up.model.config
+    if (u.small_size, u.in_channels) != (m.image_size, m.in_channels):
+        raise ConfigError(
+            f"the upsampler takes {u.small_size}x{u.small_size}x{u.in_channels} images but the model makes "
+            f"{m.image_size}x{m.image_size}x{m.in_channels}"
+        )
+    return up
+
+
+def sampler_and_steps(sampler: str | None, steps: str | None, loaded: Loaded, diffusion_steps: int) -> tuple[str, str]:
+    """(sampler, respacing spec): the user's choice, else the preset's paper settings, else adm's defaults."""
+    from adm.guided import DEFAULT_STEPS, respacing_for
+
+    paper = str(loaded.sample_settings().get("timestep_respacing", ""))
+    if paper.startswith("ddim"):
+        paper_sampler, paper_steps = "ddim", paper[4:]
+    else:
+        paper_sampler, paper_steps = "ddpm", paper
+    chosen = sampler or (paper_sampler if paper else "ddpm")
+    value: int | str | None = steps
+    if steps is None and paper and chosen == paper_sampler:
+        value = int(paper_steps) if paper_steps.isdigit() else paper
+    elif isinstance(steps, str):
+        value = "" if steps.strip().lower() == "all" else int(steps) if steps.strip().isdigit() else steps.strip()
+        if value == 0:
+            raise ConfigError("--steps must be at least 1 (or 'all')")
+    if value is None:  # adm's default, at most the model's own chain
+        value = min(DEFAULT_STEPS.get(chosen, 250), diffusion_steps)
+    return chosen, respacing_for(value, chosen, diffusion_steps)
+
+
+def guidance_scale(args: argparse.Namespace, base: Loaded, classifier: Loaded | None) -> float:
+    """The scale ADM_G applies: classifier guidance's s, or classifier-free w (1.0: none)."""
+    if args.scale is not None and classifier is None:
+        raise ConfigError("--scale is the classifier guidance scale: add --classifier (or use --cfg-scale)")
+    if args.cfg_scale is not None:
+        if classifier is not None:
+            raise ConfigError("--cfg-scale is classifier-free guidance: drop --classifier (or use --scale)")
+        if getattr(base.model, "null_label", None) is None:
+            raise ConfigError(
+                "--cfg-scale needs a model trained with label dropout (null_class); this one was not: "
+                "use --classifier with --scale"
+            )
+        return args.cfg_scale
+    if classifier is not None:
+        return args.scale if args.scale is not None else float(base.sample_settings().get("classifier_scale", 1.0))
+    return 1.0
+
+
+# -- the command ----------------------------------------------------------------------------------
+def run_sample(args: argparse.Namespace) -> int:
+    """Sample the seeds of this process that are not yet in --out, then (rank 0) the grid and .npz."""
+    from adm.data import to_uint8
+    from adm.guided import ADM_G, upsample
+    from adm.train.distributed import barrier, gather_objects, setup, teardown
+
+    dtype = parse_dtype(args.dtype)
+    if args.num is not None and args.num < 1:
+        raise ConfigError(f"--num must be at least 1, got {args.num}")
+    single = args.seed is None or args.seed.strip().isdigit()
+    seeds = parse_seeds(args.seed, args.num if args.num is not None else 16 if single else None)
+    ctx = setup(str(parse_device(args.device)))
+    try:
+        device = ctx.device
+        base = load_base(args, device)
+        classifier = load_classifier(args, base, device)
+        up = load_upsampler(args, base, device)
+        scale = guidance_scale(args, base, classifier)
+        guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale)
+        sampler, respacing = sampler_and_steps(args.sampler, args.steps, base, base.model.config.diffusion.steps)
+        if args.eta and sampler != "ddim":
+            raise ConfigError("--eta applies to --sampler ddim")
+        labels = parse_labels(args.labels, seeds, guided.num_classes,
+                              "the classifier" if classifier else "the model")
+        if up is not None:
+            up_sampler, up_respacing = sampler_and_steps(args.upsample_sampler, args.upsample_steps, up,
+                                                         up.model.config.diffusion.steps)
+            if up.model.config.num_classes and labels is None:
+                raise ConfigError("the upsampler is class-conditional but the base samples have no labels")
+        label_of = dict(zip(seeds, labels if labels is not None else [None] * len(seeds)))
+
+        out = writable_dir(args.out)
+        settings = {
+            "model": base.source, "classifier": classifier.source if classifier else None,
+            "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
+            "sampler": sampler, "steps": respacing, "eta": args.eta, "dtype": args.dtype,
+            "upsample": up.source if up else None,
+        }
+        if up is not None:
+            settings.update(upsample_sampler=up_sampler, upsample_steps=up_respacing)
+        manifest = check_manifest(out, settings, label_of, args.overwrite)
+        if ctx.is_main:
+            write_json_file(out / MANIFEST_NAME, manifest)
+
+        mine = seeds[ctx.rank :: ctx.world_size]
+        todo = [s for s in mine if args.overwrite or not (out / png_name(s)).is_file()]
+        base_steps = num_steps(base.model.config.diffusion.steps, respacing)
+        up_steps = num_steps(up.model.config.diffusion.steps, up_respacing) if up else 0
+        desc = f"sample{f' [rank {ctx.rank}/{ctx.world_size}]' if ctx.enabled else ''}"
+        progress = Progress(len(todo), desc, enabled=not args.no_progress and ctx.is_main)
+        low_dir = out / "low_res"
+        if up is not None:
+            low_dir.mkdir(exist_ok=True)
+
+        def make(keys: list[int], ys: list[int] | None) -> np.ndarray:
+            y = torch.tensor(ys) if ys is not None else None
+            share = 0.5 if up is not None else 1.0
+            with autocast(device, dtype):
+                x = guided.sample(y, n=len(keys), steps=respacing, sampler=sampler, seed=keys, eta=args.eta,
+                                  callback=progress.callback(len(keys), base_steps, share), device=device)
+            images = to_uint8(x)
+            if up is None:
+                return images
+            for k, im in zip(keys, images):  # ADM-U gets the 8-bit images, as from the paper's .npz
+                save_png_atomic(low_dir / png_name(k), im)
+            up_y = y if up.model.config.num_classes else None
+            with autocast(device, dtype):
+                x = upsample(up.model, torch.from_numpy(images), up_y, steps=up_respacing, sampler=up_sampler,
+                             seed=[k + UPSAMPLE_SEED_OFFSET for k in keys],
+                             callback=progress.callback(len(keys), up_steps, share), device=device)
+            return to_uint8(x)
+
+        produce(out, todo, label_of, args.batch_size, make)
+        progress.close()
+        made = sum(gather_objects(ctx, len(todo)))
+        barrier(ctx)
+        if ctx.is_main:
+            npz, grid = finish_outputs(out, seeds, labels, args.grid)
+            print(f"{len(seeds)} images in {out} ({made} new, {len(seeds) - made} already there)")
+            if grid is not None:
+                print(f"grid: {grid}")
+            print(f"npz:  {npz}")
+    finally:
+        teardown(ctx)
+    return 0
+
