@@ -6,7 +6,9 @@ from torch import nn
 
 
 class EMA:
-    """theta_ema <- rate * theta_ema + (1 - rate) * theta, for each rate, in float32 on the model's device."""
+    """theta_ema <- r * theta_ema + (1 - r) * theta per rate, float32 on the model's device, with the
+    usual warm-up r = min(rate, (1 + n) / (10 + n)) after n updates, so that short runs average
+    trained weights rather than the initialisation."""
 
     def __init__(self, model: nn.Module, rates: tuple[float, ...]):
         self.rates = tuple(rates)
@@ -15,11 +17,12 @@ class EMA:
         self.shadows = [[p.detach().float().clone() for p in self.params] for _ in self.rates]
 
     @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step toward the current weights (no host sync)."""
+    def update(self, num_updates: int) -> None:
+        """One EMA step toward the current weights; num_updates = steps taken before (no host sync)."""
         current = [p.detach().float() for p in self.params]
+        warm = (1.0 + num_updates) / (10.0 + num_updates)
         for rate, shadow in zip(self.rates, self.shadows):
-            torch._foreach_lerp_(shadow, current, 1.0 - rate)
+            torch._foreach_lerp_(shadow, current, 1.0 - min(rate, warm))
 
     def state_dict(self, rate_index: int) -> dict[str, torch.Tensor]:
         """Parameter name -> averaged tensor for one rate."""

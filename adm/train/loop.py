@@ -160,6 +160,9 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
     null_label = model_cfg.num_classes if getattr(model_cfg, "null_class", False) else None
     class_cond = cfg.trainer == "classifier" or model_cfg.num_classes > 0
 
+    export = cls(model_cfg).to(device) if ctx.is_main else None  # EMA weights for samples and exports
+    # (built before the RNG states are seeded or restored: building draws random numbers)
+
     # -- resume -----------------------------------------------------------------------------------
     step = 0
     state = ckpt.load_latest(run_dir)
@@ -186,7 +189,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device] if device.type == "cuda" else None)
-    export = cls(model_cfg).to(device) if ctx.is_main else None  # EMA weights for samples and exports
 
     # -- accumulators (on the device: read only every log_every steps) ------------------------------
     n_stats = 1 + len(objective.stat_names)
@@ -331,7 +333,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
             opt.step()
             del opt.found_inf, opt.grad_scale
         opt.zero_grad(set_to_none=True)
-        ema.update()
+        ema.update(step)
         grad_norm_sum.add_(torch.nan_to_num(norm, nan=0.0, posinf=0.0))
         nonfinite.add_(bad)
         streak.mul_(bad).add_(bad)
