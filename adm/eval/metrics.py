@@ -20,7 +20,8 @@ _BLOCK = 4096  # rows/columns per distance block: memory stays O(_BLOCK^2) whate
 
 def _check_finite(name: str, x: np.ndarray) -> None:
     if not np.all(np.isfinite(x)):
-        raise DataError(f"{name} contains NaN or infinite values: the features are broken (check the feature network and the images)")
+        raise DataError(f"{name} contains NaN or infinite values: the features are broken "
+                        f"(check the feature network and the images)")
 
 
 def feature_statistics(feats: np.ndarray | torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +133,8 @@ def _covered(feats: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, bl
     return out
 
 
-def precision_recall(real_feats: np.ndarray | torch.Tensor, fake_feats: np.ndarray | torch.Tensor) -> tuple[float, float]:
+def precision_recall(real_feats: np.ndarray | torch.Tensor,
+                     fake_feats: np.ndarray | torch.Tensor) -> tuple[float, float]:
     """Improved precision (fake in real manifold) and recall (real in fake manifold) of [N x D], [M x D] features."""
     real, fake = (torch.as_tensor(x).float() for x in (real_feats, fake_feats))
     fake = fake.to(real.device)  # computed where the reference features live (GPU if given there)
