@@ -180,7 +180,7 @@ def test_demo_with_tiny_models(models, tmp_path):
     from PIL import Image
 
     with Image.open(tmp_path / "demo" / "grid.png") as grid:
-        assert grid.width > 3 * 16 and grid.height > 4 * 16  # labelled margins around 4 rows x 3 columns
+        assert grid.width > 3 * 64 and grid.height > 4 * 64  # 4 rows x 3 columns, drawn 4x, labelled
 
 
 # Each bad input: one line on stderr, exit status 2, no traceback. Run in one interpreter (each case
@@ -196,6 +196,8 @@ def error_cases(m: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["sample", "--checkpoint", str(m / "x.pt")], "match no known preset"),
         (["sample", "--checkpoint", str(m / "x.pt"), "--flags", FLAGS.replace("32", "64")], "does not fit"),
         (["sample", "--checkpoint", str(m / "x.pt"), "--flags", "--imag_size 16"], "unknown flag"),
+        (["sample", "--preset", "ADM_demo_fashion_mnist", "--checkpoint", str(m / "x.pt")], "does not fit"),
+        (["sample", "--preset", "ADM_demo_fashion_mnist", "--checkpoint", str(tmp / "no.pt")], "not found"),
         (["sample", "--model", M, "--labels", "0-7"], "label 4 out of range"),
         (["sample", "--model", M, "--seed", "3-1"], "end is below the start"),
         (["sample", "--model", M, "--seed", "0-3", "--num", "5"], "disagrees"),

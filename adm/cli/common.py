@@ -192,12 +192,40 @@ def model_class(kind: str) -> type:
     return {"ADM": ADM, "ADM_U": ADM_U, "ADM_classifier": ADM_classifier}[kind]
 
 
-def _flags_kind(flags: dict, default: str) -> str:
-    if "large_size" in flags or "small_size" in flags:
-        return "ADM_U"
-    if any(k.startswith("classifier_") for k in flags):
-        return "ADM_classifier"
-    return default
+# guided-diffusion's sampling-script flags, accepted inside --flags strings and applied as options
+SCRIPT_FLAGS: dict[str, type] = {
+    "classifier_scale": float, "timestep_respacing": str, "use_ddim": bool, "batch_size": int,
+    "num_samples": int, "clip_denoised": bool, "model_path": str, "classifier_path": str, "base_samples": str,
+}
+
+
+def split_flags(text: str | None) -> tuple[dict, dict]:
+    """A guided-diffusion flag string -> (network/diffusion flags, sampling-script flags), both typed."""
+    import shlex
+
+    from adm.compat import parse_flags, str2bool
+
+    if not text:
+        return {}, {}
+    tokens, rest, script = shlex.split(text), [], {}
+    i = 0
+    while i < len(tokens):
+        name, eq, value = tokens[i][2:].partition("=") if tokens[i].startswith("--") else ("", "", "")
+        if name in SCRIPT_FLAGS:
+            if not eq:
+                if i + 1 >= len(tokens):
+                    raise ConfigError(f"flag --{name} has no value")
+                value, i = tokens[i + 1], i + 1
+            try:
+                script[name] = str2bool(value) if SCRIPT_FLAGS[name] is bool else SCRIPT_FLAGS[name](value)
+            except (ValueError, argparse.ArgumentTypeError):
+                raise ConfigError(f"flag --{name}: {value!r} is not a valid {SCRIPT_FLAGS[name].__name__}") from None
+        else:
+            rest.append(tokens[i])
+        i += 1
+    flags = parse_flags(shlex.join(rest))
+    flags.pop("timestep_respacing", None)
+    return flags, script
 
 
 @dataclass
@@ -219,14 +247,13 @@ class Loaded:
 def load_model(
     source: str | None,                      # preset name, saved dir, run dir, or .pt/.safetensors file
     kinds: tuple[str, ...] = ("ADM",),       # acceptable network kinds (first: what a flag string builds)
-    flags: str | None = None,                # guided-diffusion flag string for a bare official .pt
+    flags: dict | None = None,               # guided-diffusion flags (split_flags) for a bare official .pt
     checkpoint: str | None = None,           # weights for a preset given as `source`
     what: str = "model",                     # how errors name this model (e.g. "--classifier")
     device: torch.device | str = "cpu",
 ) -> Loaded:
     """Load a network for sampling (float32, eval mode); every bad source raises one AdmError line."""
     from adm import presets
-    from adm.compat import parse_flags
 
     if source is None and checkpoint is None:
         raise ConfigError(f"no {what} given: pass a preset, a model directory or a checkpoint")
@@ -256,8 +283,7 @@ def load_model(
             names = [str(n) for n in extra.get("class_names") or []]
         else:
             if flags:
-                parsed = parse_flags(flags)
-                kind, config = _flags_kind(parsed, kinds[0]), parsed
+                kind, config = kinds[0], flags
             else:
                 kind, config = _kind_of_file(path), None
             if kind not in kinds:
@@ -455,3 +481,12 @@ def produce(
         ys = None if labels.get(part[0]) is None else [int(labels[k]) for k in part]
         for k, image in zip(part, make(part, ys)):
             save_png_atomic(out / png_name(k), image)
+
+
+def dist_context(device: torch.device):
+    """The torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on GPUs), else this process alone."""
+    from adm.train.distributed import DistContext, setup
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return setup(str(device))
+    return DistContext(0, 1, 0, device)

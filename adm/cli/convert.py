@@ -6,13 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from adm.cli.common import (
     KINDS,
+    MANIFEST_NAME,
     WEIGHTS_NAME,
     add_parser,
     is_model_dir,
     model_dirs_in,
+    png_name,
     read_config,
+    read_json_file,
     writable_dir,
 )
 from adm.errors import CheckpointError, ConfigError
@@ -110,9 +115,13 @@ def describe(source: str) -> dict:
     """A dict describing a file, saved model directory, run directory or preset name."""
     path = Path(source)
     if path.is_dir():
-        return describe_model_dir(path) if is_model_dir(path) else describe_run_dir(path)
+        if is_model_dir(path):
+            return describe_model_dir(path)
+        if (path / MANIFEST_NAME).is_file() and not read_config(path):
+            return describe_samples_dir(path)
+        return describe_run_dir(path)
     if path.is_file():
-        return describe_file(path)
+        return describe_npz(path) if path.suffix == ".npz" else describe_file(path)
     if "/" not in source and "." not in source:
         from adm.presets import get
 
@@ -168,13 +177,19 @@ def describe_model_dir(path: Path) -> dict:
     return info
 
 
+_IGNORED = ("diffusion", "dropout", "use_checkpoint", "kind", "extra")
+
+
 def _identify_dir(path: Path) -> str | None:
-    import torch
+    """The preset whose network config equals this directory's (diffusion and dropout aside)."""
+    from adm.presets import PRESETS
 
-    from adm.presets import identify
-
-    sd = {k: torch.empty(s, device="meta") for k, s in _safetensors_shapes(path / WEIGHTS_NAME).items()}
-    return identify(sd)
+    cfg = {k: v for k, v in read_config(path).items() if k not in _IGNORED}
+    for name, p in PRESETS.items():
+        d = {k: v for k, v in p.config().to_dict().items() if k not in _IGNORED}
+        if p.kind == read_config(path).get("kind") and d == cfg:
+            return name
+    return None
 
 
 def describe_run_dir(path: Path) -> dict:
@@ -222,6 +237,28 @@ def _read_json(path: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def describe_samples_dir(path: Path) -> dict:
+    """An `adm sample` / `adm upsample` output directory: its settings and how many images are done."""
+    record = read_json_file(path / MANIFEST_NAME)
+    labels = record.get("labels") or {}
+    done = sum((path / png_name(int(k))).is_file() for k in labels)
+    info: dict = {"path": str(path), "type": "samples directory", "images": f"{done} of {len(labels)} written"}
+    info.update({k: v for k, v in (record.get("settings") or {}).items() if v is not None})
+    return info
+
+
+def describe_npz(path: Path) -> dict:
+    """A batch of images in the paper's .npz format."""
+    from adm.data import load_npz
+
+    images, labels = load_npz(path)
+    n, h, w, c = images.shape
+    info: dict = {"path": str(path), "type": "image batch (.npz)", "images": n, "shape": f"{h}x{w}x{c} uint8"}
+    if labels is not None:
+        info["labels"] = f"{len(np.unique(labels))} distinct, {int(labels.min())}..{int(labels.max())}" if n else "none"
+    return info
 
 
 def describe_file(path: Path) -> dict:

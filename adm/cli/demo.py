@@ -101,8 +101,17 @@ def run_demo(args: argparse.Namespace) -> int:
     y = labels.to(device)
 
     def cond_fn_for(part: slice):
-        guide = classifier_guidance(classifier, 1.0, labels=y[part])
-        return lambda x, t, **kw: guide(x, t, **kw) * per_image[part]
+        scale = per_image[part]
+        rows = torch.nonzero(scale.view(-1) > 0).view(-1)  # the classifier runs on guided images only
+        guide = classifier_guidance(classifier, 1.0, labels=y[part][rows])
+
+        def cond_fn(x: torch.Tensor, t: torch.Tensor, **_) -> torch.Tensor:
+            grad = torch.zeros_like(x)
+            if len(rows):
+                grad[rows] = guide(x[rows], t[rows]) * scale[rows]
+            return grad
+
+        return cond_fn
 
     bar = None
     if not args.no_progress:
@@ -120,7 +129,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     names = class_names(base.class_names, k)
     cols = [f"s={s:g}" for s in scales]
-    grid = save_grid(out / "grid.png", images, nrow=len(scales), row_labels=names, col_labels=cols)
+    zoom = max(1, 64 // cfg.image_size)  # small images drawn larger in the grid (nearest neighbour)
+    big = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    grid = save_grid(out / "grid.png", big, nrow=len(scales), row_labels=names, col_labels=cols)
     img_dir = out / "images"
     img_dir.mkdir(exist_ok=True)
     for i, image in enumerate(images):

@@ -15,6 +15,7 @@ from adm.cli.common import (
     add_runtime_args,
     autocast,
     check_manifest,
+    dist_context,
     finish_outputs,
     load_model,
     num_steps,
@@ -25,6 +26,7 @@ from adm.cli.common import (
     png_name,
     produce,
     save_png_atomic,
+    split_flags,
     writable_dir,
     write_json_file,
 )
@@ -76,11 +78,13 @@ def register(subparsers) -> None:
     g.add_argument("--preset", metavar="NAME", help="a preset architecture; weights from --pretrained or --checkpoint")
     g.add_argument("--pretrained", action="store_true", help="the preset's released weights (downloaded and cached)")
     g.add_argument("--checkpoint", metavar="PATH", help="weights file (for --preset, or alone with --flags)")
-    g.add_argument("--flags", metavar="STR", help='guided-diffusion MODEL_FLAGS of a .pt, e.g. "--image_size 64 ..."')
+    g.add_argument("--flags", metavar="STR", help='guided-diffusion flags of a .pt: "$MODEL_FLAGS" (may also hold '
+                   "$SAMPLE_FLAGS, --model_path, --classifier_scale, --use_ddim: they set the matching options)")
     g = p.add_argument_group("guidance")
     g.add_argument("--classifier", metavar="SRC", help="noisy classifier: preset, directory, .pt file, or 'auto' "
                    "(the preset's recommended one)")
-    g.add_argument("--classifier-flags", metavar="STR", help="guided-diffusion CLASSIFIER_FLAGS of a classifier .pt")
+    g.add_argument("--classifier-flags", metavar="STR", help="guided-diffusion CLASSIFIER_FLAGS of a classifier .pt "
+                   "(image_size defaults to the model's)")
     g.add_argument("--scale", type=float, help="classifier guidance scale (default: the preset's, else 1.0)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale w (1: plain conditional)")
     g = p.add_argument_group("sampling")
@@ -88,11 +92,13 @@ def register(subparsers) -> None:
     g.add_argument("--steps", help="steps (int), a respacing ('250', 'ddim25', '10,15,20') or 'all' "
                    "(default: the preset's, else 250 for ddpm, 25 for ddim/dpmpp2m)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    g.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1] "
+                   "(guided-diffusion's --clip_denoised False)")
     g = p.add_argument_group("images")
     g.add_argument("--num", type=int, help="number of images (seeds S..S+num-1 for --seed S; default 16)")
     g.add_argument("--seed", help="per-image seeds: S, a list or ranges like 0-63,100 (default 0)")
     g.add_argument("--labels", help="class labels, cycled over the images: '3', '0,3,5', '0-9' or 'random' (default)")
-    g.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    g.add_argument("--batch-size", type=int, help="images per model call (default 16)")
     g = p.add_argument_group("cascade")
     g.add_argument("--upsample", metavar="SRC", help="ADM-U upsampler (preset, directory or .pt) applied to every image")
     g.add_argument("--upsample-flags", metavar="STR", help="guided-diffusion SR flags of an upsampler .pt")
@@ -107,7 +113,34 @@ def register(subparsers) -> None:
 
 
 # -- choosing models and settings -----------------------------------------------------------------
-def load_base(args: argparse.Namespace, device) -> Loaded:
+def apply_script_flags(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Split --flags / --classifier-flags / --upsample-flags into network flags, and let the sampling-script
+    flags inside them (--model_path, --classifier_scale, $SAMPLE_FLAGS, ...) fill options not given."""
+    model_flags, script = split_flags(args.flags)
+    clf_flags, clf_script = split_flags(args.classifier_flags)
+    up_flags, _ = split_flags(args.upsample_flags)
+    script = {**clf_script, **script}
+    if not (args.model or args.preset or args.checkpoint):
+        args.checkpoint = script.get("model_path")
+    args.classifier = args.classifier or script.get("classifier_path")
+    if args.scale is None and args.classifier:
+        args.scale = script.get("classifier_scale")
+    if args.steps is None and script.get("timestep_respacing"):
+        args.steps = script["timestep_respacing"]
+    if args.sampler is None and script.get("use_ddim"):
+        args.sampler = "ddim"
+    if args.num is None:
+        args.num = script.get("num_samples")
+    if args.batch_size is None:
+        args.batch_size = script.get("batch_size", 16)
+    if script.get("clip_denoised") is False:
+        args.no_clip = True
+    if clf_flags and "image_size" not in clf_flags and "image_size" in model_flags:
+        clf_flags["image_size"] = model_flags["image_size"]  # guided-diffusion shares one --image_size
+    return model_flags, clf_flags, up_flags
+
+
+def load_base(args: argparse.Namespace, flags: dict, device) -> Loaded:
     """The diffusion model from --model, --preset (+ --pretrained/--checkpoint) or --checkpoint (+ --flags)."""
     if args.model and (args.preset or args.checkpoint):
         raise ConfigError("give either --model, or --preset with --pretrained/--checkpoint, or --checkpoint with --flags")
@@ -116,15 +149,15 @@ def load_base(args: argparse.Namespace, device) -> Loaded:
             raise ConfigError(f"--preset {args.preset} needs weights: add --pretrained (download) or --checkpoint FILE")
         if args.pretrained and args.checkpoint:
             raise ConfigError("give --pretrained or --checkpoint, not both")
-        return load_model(args.preset, ("ADM",), flags=args.flags, checkpoint=args.checkpoint, device=device)
+        return load_model(args.preset, ("ADM",), flags=flags, checkpoint=args.checkpoint, device=device)
     if args.model:
-        return load_model(args.model, ("ADM",), flags=args.flags, device=device)
+        return load_model(args.model, ("ADM",), flags=flags, device=device)
     if args.checkpoint:
-        return load_model(None, ("ADM",), flags=args.flags, checkpoint=args.checkpoint, device=device)
+        return load_model(None, ("ADM",), flags=flags, checkpoint=args.checkpoint, device=device)
     raise ConfigError("no model: give --model DIR, --preset NAME --pretrained, or --checkpoint FILE [--flags ...]")
 
 
-def load_classifier(args: argparse.Namespace, base: Loaded, device) -> Loaded | None:
+def load_classifier(args: argparse.Namespace, base: Loaded, flags: dict, device) -> Loaded | None:
     """The noisy classifier of --classifier ('auto': the base preset's recommended one), checked against the model."""
     if not args.classifier:
         if args.classifier_flags:
@@ -135,7 +168,9 @@ def load_classifier(args: argparse.Namespace, base: Loaded, device) -> Loaded | 
         source = base.sample_settings().get("classifier")
         if source is None:
             raise ConfigError("--classifier auto: the model is not a preset with a recommended classifier")
-    clf = load_model(source, ("ADM_classifier",), flags=args.classifier_flags, what="--classifier", device=device)
+    if flags and "image_size" not in flags:
+        flags = {**flags, "image_size": base.model.config.image_size}
+    clf = load_model(source, ("ADM_classifier",), flags=flags, what="--classifier", device=device)
     m, c = base.model.config, clf.model.config
     if (c.image_size, c.in_channels) != (m.image_size, m.in_channels):
         raise ConfigError(
@@ -145,11 +180,13 @@ def load_classifier(args: argparse.Namespace, base: Loaded, device) -> Loaded | 
     return clf
 
 
-def load_upsampler(args: argparse.Namespace, base: Loaded, device) -> Loaded | None:
+def load_upsampler(args: argparse.Namespace, base: Loaded, flags: dict, device) -> Loaded | None:
     """The ADM-U of --upsample, checked against the base model's image size."""
     if not args.upsample:
+        if args.upsample_flags:
+            raise ConfigError("--upsample-flags needs --upsample FILE.pt")
         return None
-    up = load_model(args.upsample, ("ADM_U",), flags=args.upsample_flags, what="--upsample", device=device)
+    up = load_model(args.upsample, ("ADM_U",), flags=flags, what="--upsample", device=device)
     m, u = base.model.config, up.model.config
     if (u.small_size, u.in_channels) != (m.image_size, m.in_channels):
         raise ConfigError(
@@ -204,19 +241,20 @@ def run_sample(args: argparse.Namespace) -> int:
     """Sample the seeds of this process that are not yet in --out, then (rank 0) the grid and .npz."""
     from adm.data import to_uint8
     from adm.guided import ADM_G, upsample
-    from adm.train.distributed import barrier, gather_objects, setup, teardown
+    from adm.train.distributed import barrier, gather_objects, teardown
 
     dtype = parse_dtype(args.dtype)
+    model_flags, clf_flags, up_flags = apply_script_flags(args)
     if args.num is not None and args.num < 1:
         raise ConfigError(f"--num must be at least 1, got {args.num}")
     single = args.seed is None or args.seed.strip().isdigit()
     seeds = parse_seeds(args.seed, args.num if args.num is not None else 16 if single else None)
-    ctx = setup(str(parse_device(args.device)))
+    ctx = dist_context(parse_device(args.device))
     try:
         device = ctx.device
-        base = load_base(args, device)
-        classifier = load_classifier(args, base, device)
-        up = load_upsampler(args, base, device)
+        base = load_base(args, model_flags, device)
+        classifier = load_classifier(args, base, clf_flags, device)
+        up = load_upsampler(args, base, up_flags, device)
         scale = guidance_scale(args, base, classifier)
         guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale)
         sampler, respacing = sampler_and_steps(args.sampler, args.steps, base, base.model.config.diffusion.steps)
@@ -235,7 +273,7 @@ def run_sample(args: argparse.Namespace) -> int:
         settings = {
             "model": base.source, "classifier": classifier.source if classifier else None,
             "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
-            "sampler": sampler, "steps": respacing, "eta": args.eta, "dtype": args.dtype,
+            "sampler": sampler, "steps": respacing, "eta": args.eta, "clip": not args.no_clip, "dtype": args.dtype,
             "upsample": up.source if up else None,
         }
         if up is not None:
@@ -259,7 +297,7 @@ def run_sample(args: argparse.Namespace) -> int:
             share = 0.5 if up is not None else 1.0
             with autocast(device, dtype):
                 x = guided.sample(y, n=len(keys), steps=respacing, sampler=sampler, seed=keys, eta=args.eta,
-                                  callback=progress.callback(len(keys), base_steps, share), device=device)
+                                  clip_denoised=not args.no_clip, callback=progress.callback(len(keys), base_steps, share), device=device)
             images = to_uint8(x)
             if up is None:
                 return images
@@ -268,7 +306,7 @@ def run_sample(args: argparse.Namespace) -> int:
             up_y = y if up.model.config.num_classes else None
             with autocast(device, dtype):
                 x = upsample(up.model, torch.from_numpy(images), up_y, steps=up_respacing, sampler=up_sampler,
-                             seed=[k + UPSAMPLE_SEED_OFFSET for k in keys],
+                             seed=[k + UPSAMPLE_SEED_OFFSET for k in keys], clip_denoised=not args.no_clip,
                              callback=progress.callback(len(keys), up_steps, share), device=device)
             return to_uint8(x)
 

@@ -14,6 +14,7 @@ from adm.cli.common import (
     add_runtime_args,
     autocast,
     check_manifest,
+    dist_context,
     finish_outputs,
     load_model,
     load_pngs,
@@ -24,6 +25,7 @@ from adm.cli.common import (
     png_name,
     produce,
     read_json_file,
+    split_flags,
     writable_dir,
     write_json_file,
 )
@@ -56,16 +58,18 @@ def register(subparsers) -> None:
         "an .npz (arr_0 uint8 NHWC, arr_1 labels), an `adm sample` output directory, or a folder of images.",
         epilog=EPILOG,
     )
-    p.add_argument("input", help=".npz file, `adm sample` output directory, or image folder")
-    p.add_argument("--model", required=True, metavar="SRC", help="ADM-U: preset, saved directory, run directory or .pt")
-    p.add_argument("--flags", metavar="STR", help="guided-diffusion SR flags of a .pt upsampler")
+    p.add_argument("input", nargs="?", help=".npz file, `adm sample` output directory, or image folder")
+    p.add_argument("--model", metavar="SRC", help="ADM-U: preset, saved directory, run directory or .pt")
+    p.add_argument("--flags", metavar="STR", help="guided-diffusion SR flags of a .pt upsampler (may also hold "
+                   "--model_path, --base_samples and $SAMPLE_FLAGS: they set the matching options)")
     p.add_argument("--labels", help="labels for a class-conditional upsampler when the input has none: "
                    "'3', '0,3,5' or '0-9', cycled over the images")
     p.add_argument("--num", type=int, help="upsample only the first N images")
     p.add_argument("--seed", type=int, default=0, help="image k uses seed S+k (default 0)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
     p.add_argument("--steps", help="steps, respacing or 'all' (default: the preset's, else 250 / 25)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    p.add_argument("--batch-size", type=int, help="images per model call (default 8)")
+    p.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1]")
     p.add_argument("--out", default="upsampled", help="output directory (default ./upsampled)")
     p.add_argument("--grid", type=int, default=64, help="images in grid.png (default 64, 0: no grid)")
     p.add_argument("--overwrite", action="store_true", help="remake images already in --out")
@@ -109,13 +113,25 @@ def run_upsample(args: argparse.Namespace) -> int:
     """Upsample the images of args.input that are not yet in --out, then write the grid and .npz."""
     from adm.data import to_uint8
     from adm.guided import upsample
-    from adm.train.distributed import barrier, gather_objects, setup, teardown
+    from adm.train.distributed import barrier, gather_objects, teardown
 
     dtype = parse_dtype(args.dtype)
-    ctx = setup(str(parse_device(args.device)))
+    flags, script = split_flags(args.flags)
+    args.model = args.model or script.get("model_path")
+    args.input = args.input or script.get("base_samples")
+    args.steps = args.steps or script.get("timestep_respacing") or None
+    args.sampler = args.sampler or ("ddim" if script.get("use_ddim") else None)
+    args.num = args.num if args.num is not None else script.get("num_samples")
+    args.batch_size = args.batch_size or script.get("batch_size", 8)
+    args.no_clip = args.no_clip or script.get("clip_denoised") is False
+    if not args.model:
+        raise ConfigError("no upsampler: give --model (a preset such as ADM_U_64_256, a directory or a .pt)")
+    if not args.input:
+        raise ConfigError("no input: give the low-resolution .npz, samples directory or image folder")
+    ctx = dist_context(parse_device(args.device))
     try:
         device = ctx.device
-        up = load_model(args.model, ("ADM_U",), flags=args.flags, what="--model", device=device)
+        up = load_model(args.model, ("ADM_U",), flags=flags, what="--model", device=device)
         cfg = up.model.config
         keys, images, labels = read_low_res(args.input, cfg.small_size, cfg.in_channels)
         if args.num is not None:
@@ -144,7 +160,7 @@ def run_upsample(args: argparse.Namespace) -> int:
         if out.resolve() == Path(args.input).resolve():
             raise ConfigError("--out must differ from the input directory")
         settings = {"input": str(Path(args.input).resolve()), "model": up.source, "sampler": sampler,
-                    "steps": respacing, "seed": args.seed, "dtype": args.dtype}
+                    "steps": respacing, "seed": args.seed, "clip": not args.no_clip, "dtype": args.dtype}
         manifest = check_manifest(out, settings, label_of, args.overwrite)
         if ctx.is_main:
             write_json_file(out / MANIFEST_NAME, manifest)
@@ -157,7 +173,7 @@ def run_upsample(args: argparse.Namespace) -> int:
             low = torch.from_numpy(np.stack([low_of[k] for k in part]))
             with autocast(device, dtype):
                 x = upsample(up.model, low, ys, steps=respacing, sampler=sampler,
-                             seed=[args.seed + k + UPSAMPLE_SEED_OFFSET for k in part],
+                             seed=[args.seed + k + UPSAMPLE_SEED_OFFSET for k in part], clip_denoised=not args.no_clip,
                              callback=progress.callback(len(part), steps), device=device)
             return to_uint8(x)
 
