@@ -36,6 +36,7 @@ class TrainConfig:
     dtype: str = "fp32"                    # fp32 | bf16 | fp16 autocast (fp16 with a GradScaler)
     grad_clip: float = 0.0                 # max gradient norm (0: no clipping)
     grad_checkpoint: bool = False          # activation checkpointing in every block
+    compile: bool = False                  # torch.compile the training forward/backward
     max_steps: int = 10000                 # training stops at this step
     save_every: int = 1000                 # checkpoint interval (steps)
     keep_every: int = 0                    # also keep the checkpoints at multiples of this (0: latest only)
