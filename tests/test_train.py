@@ -120,13 +120,14 @@ def test_train_upsampler_cli(tmp_path, npz):
 
 
 # -- resume equals straight training ---------------------------------------------------------------
-def test_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("sampler", ["uniform", "loss-second-moment"])
+def test_resume_is_bit_exact(tmp_path, sampler):
     data = tensor_data()
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(tiny_config(), straight, device="cpu", progress=False, data=data)
-    train(tiny_config(max_steps=3), split, device="cpu", progress=False, data=data)
+    train(tiny_config(timestep_sampler=sampler), straight, device="cpu", progress=False, data=data)
+    train(tiny_config(max_steps=3, timestep_sampler=sampler), split, device="cpu", progress=False, data=data)
     assert last_checkpoint(split)["step"] == 3
-    train(tiny_config(), split, device="cpu", progress=False, data=data)
+    train(tiny_config(timestep_sampler=sampler), split, device="cpu", progress=False, data=data)
     a, b = last_checkpoint(straight), last_checkpoint(split)
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
@@ -136,6 +137,20 @@ def test_resume_is_bit_exact(tmp_path):
             assert torch.equal(a["ema"][rate][k], b["ema"][rate][k])
     for i, st in a["optimizer"]["state"].items():
         assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_and_gradient_checkpointing(tmp_path, dtype):
+    run = tmp_path / "run"
+    cfg = tiny_config(max_steps=2, save_every=2, log_every=1, dtype=dtype, grad_checkpoint=True, grad_clip=1.0,
+                      warmup=2, anneal="cosine")
+    train(cfg, run, device="cpu", progress=False, data=tensor_data())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    state = last_checkpoint(run)
+    assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in state["model"].values())
+    assert bool(state["scaler"]) == (dtype == "fp16")
+    assert ADM.from_pretrained(run / "model").config.use_checkpoint is False  # a training-only setting
 
 
 def test_resume_keeps_checkpoints_at_keep_every(tmp_path):

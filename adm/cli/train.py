@@ -77,6 +77,9 @@ def _add_arguments(p: argparse.ArgumentParser, trainer: str) -> None:
     o.add_argument("--random-flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default on)")
     if trainer == "classifier":
         o.add_argument("--noised", action=argparse.BooleanOptionalAction, default=None, help="train on noisy x_t (default on)")
+    if trainer != "classifier":
+        o.add_argument("--timestep-sampler", choices=("uniform", "loss-second-moment"),
+                       help="how t is drawn (default uniform; loss-second-moment: importance sampling, for L_vlb)")
     o.add_argument("--seed", type=int, help="seed of the weights, data order and noise (default 0)")
     r = p.add_argument_group("run")
     r.add_argument("--max-steps", type=int, help="stop at this step (default 10000)")
@@ -96,7 +99,8 @@ def _add_arguments(p: argparse.ArgumentParser, trainer: str) -> None:
 
 _TRAIN_FLAGS = ("batch_size", "microbatch", "lr", "weight_decay", "warmup", "anneal", "anneal_steps", "grad_clip",
                 "label_dropout", "random_flip", "noised", "seed", "max_steps", "save_every", "keep_every",
-                "log_every", "sample_every", "sample_steps", "dtype", "grad_checkpoint", "compile")
+                "log_every", "sample_every", "sample_steps", "dtype", "grad_checkpoint", "compile",
+                "timestep_sampler")
 
 
 def parse_ema(text: str) -> tuple[float, ...]:

@@ -15,7 +15,9 @@ MODEL_KIND = {"diffusion": "ADM", "classifier": "ADM_classifier", "upsampler": "
 DTYPES = ("fp32", "bf16", "fp16")
 ANNEALS = ("none", "linear", "cosine")
 # Settings that define the run: a resumed run must agree on them (the rest may change between runs).
-RESUME_FIELDS = ("trainer", "model", "data", "batch_size", "seed", "ema", "label_dropout", "random_flip", "noised")
+RESUME_FIELDS = ("trainer", "model", "data", "batch_size", "seed", "ema", "label_dropout", "random_flip", "noised",
+                 "timestep_sampler")
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class TrainConfig:
     label_dropout: float = 0.0             # p of replacing a label by the null label (classifier-free guidance)
     random_flip: bool = True               # random horizontal flips
     noised: bool = True                    # classifier: train on x_t (False: on clean x_0 at t = 0)
+    timestep_sampler: str = "uniform"      # uniform | loss-second-moment (importance sampling of t)
     max_nonfinite: int = 50                # abort after this many non-finite steps in a row
     seed: int = 0
 
@@ -59,6 +62,8 @@ class TrainConfig:
             raise ConfigError(f"unknown trainer {self.trainer!r}; choose one of {', '.join(TRAINERS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.timestep_sampler not in TIMESTEP_SAMPLERS:
+            raise ConfigError(f"unknown timestep sampler {self.timestep_sampler!r}; choose one of {', '.join(TIMESTEP_SAMPLERS)}")
         if self.anneal not in ANNEALS:
             raise ConfigError(f"unknown anneal {self.anneal!r}; choose one of {', '.join(ANNEALS)}")
         for name in ("batch_size", "max_steps", "save_every", "log_every"):

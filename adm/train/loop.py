@@ -158,6 +158,11 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
     objective = make_objective(cfg.trainer, diffusion, model_cfg, cfg.noised)
     T = diffusion.num_timesteps
     gen = torch.Generator(device).manual_seed(cfg.seed)  # per-step draws, identical on all processes
+    t_sampler, t_gen = None, torch.Generator().manual_seed(cfg.seed + 1)
+    if cfg.timestep_sampler != "uniform" and cfg.trainer != "classifier":
+        from adm.diffusion.timestep_sampler import create_timestep_sampler
+
+        t_sampler = create_timestep_sampler(cfg.timestep_sampler, T)  # draws on the host (one sync a step)
     null_label = model_cfg.num_classes if getattr(model_cfg, "null_class", False) else None
     class_cond = cfg.trainer == "classifier" or model_cfg.num_classes > 0
 
@@ -176,6 +181,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         gen.set_state(state["rng"]["step_generator"])
+        if "timestep_generator" in state["rng"]:
+            t_gen.set_state(state["rng"]["timestep_generator"])
+        if t_sampler is not None:
+            t_sampler.load_state_dict(state["timestep_sampler"])
         ranks = state["rng"]["processes"]
         if len(ranks) == ctx.world_size:
             ckpt.set_rng_state(ranks[ctx.rank])
@@ -219,7 +228,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
                 "ema": ema.state_dicts(),
                 "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": {"step_generator": gen.get_state(), "processes": rngs},
+                "rng": {"step_generator": gen.get_state(), "timestep_generator": t_gen.get_state(), "processes": rngs},
+                "timestep_sampler": t_sampler.state_dict() if t_sampler is not None else {},
                 "data": order.position(step),
                 "world_size": ctx.world_size,
                 "config": json.dumps(cfg.to_dict()),
@@ -293,7 +303,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
         # Global batch and its random draws (the same on every process); this process's slice.
         idx = order.indices(step)
         B = cfg.batch_size
-        t_all = torch.randint(0, T, (B,), generator=gen, device=device)
+        if t_sampler is None:
+            t_all, w_all = torch.randint(0, T, (B,), generator=gen, device=device), None
+        else:  # importance sampling: p(t) ~ sqrt(E[L_t^2]), each loss weighted by 1 / (T p(t))
+            t_all, w_all = (v.to(device) for v in t_sampler.sample(B, generator=t_gen))
         noise_all = torch.randn((B, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size),
                                 generator=gen, device=device)
         flip_all = torch.rand(B, generator=gen, device=device) < 0.5
@@ -301,6 +314,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
         x, y = data.batch(idx[lo:hi])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         t, noise = t_all[lo:hi], noise_all[lo:hi]
+        w = None if w_all is None else w_all[lo:hi]
         if cfg.random_flip:
             x = torch.where(flip_all[lo:hi, None, None, None], x.flip(3), x)
         if not class_cond:
@@ -309,6 +323,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
             y = torch.where(drop_all[lo:hi], torch.full_like(y, null_label), y)
 
         # Forward / backward over micro-batches; the loss is the mean over the global batch.
+        local_losses = []
         for m0 in range(0, local_bs, micro):
             m1 = min(m0 + micro, local_bs)
             last = m1 == local_bs
@@ -316,10 +331,17 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
             with sync:
                 loss, stats = objective.loss(train_model, x[m0:m1], None if y is None else y[m0:m1],
                                              t[m0:m1], noise[m0:m1], autocast)
-                scaler.scale(loss.sum() / local_bs).backward()
+                weighted = loss if w is None else loss * w[m0:m1]
+                scaler.scale(weighted.sum() / local_bs).backward()
+            local_losses.append(loss.detach())
             q = (t[m0:m1] * QUARTERS) // T
             sums.index_add_(1, q, torch.stack([loss.detach(), *stats.values()]).double())
             counts.index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
+
+        if t_sampler is not None:  # every process's finite (t, loss), gathered in rank order
+            losses = torch.cat(local_losses)
+            ok = torch.isfinite(losses)
+            t_sampler.update_with_local_losses(t[ok], losses[ok])
 
         # Optimiser step: skipped on device (no host sync) when the gradient is not finite.
         scaler.unscale_(opt)
