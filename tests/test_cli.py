@@ -263,3 +263,26 @@ def test_help_has_examples():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def _shipped() -> bool:
+    from adm import presets
+    from adm.errors import CheckpointError
+
+    try:
+        presets.shipped_weights("demo_fashion_mnist")
+        presets.shipped_weights("classifier_demo_fashion_mnist")
+    except CheckpointError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _shipped(), reason="the demo weights are not shipped in adm/weights yet")
+def test_shipped_demo_models(tmp_path):
+    proc = adm("demo", "--steps", "2", "--scales", "0,2", "--out", str(tmp_path / "demo"), "--no-progress")
+    assert "20 images (10 classes" in proc.stdout and (tmp_path / "demo" / "grid.png").is_file()
+    proc = adm("sample", "--model", "ADM_demo_fashion_mnist", "--classifier", "auto", "--num", "2", "--steps", "2",
+               "--out", str(tmp_path / "s"), "--no-progress")
+    record = json.loads((tmp_path / "s" / "samples.json").read_text())["settings"]
+    assert record["classifier"] == "ADM_classifier_demo_fashion_mnist" and record["scale"] == 2.0
+    assert record["sampler"] == "ddim" and record["steps"] == "ddim2"
