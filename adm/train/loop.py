@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from adm.diffusion.process import Diffusion
-from adm.errors import AdmError, ConfigError, DataError
+from adm.errors import AdmError, CheckpointError, ConfigError, DataError
 from adm.nn.pretrained import atomic_write_bytes
 from adm.train import checkpoint as ckpt
-from adm.train.config import TrainConfig, config_class, config_differences, read_run_config
+from adm.train.config import TrainConfig, config_differences, read_run_config
 from adm.train.data import BatchOrder, TensorData, load_tensor_data
 from adm.train.distributed import DistContext, all_reduce_sum, barrier, gather_objects, setup, teardown
 from adm.train.ema import EMA, rate_key
@@ -75,8 +75,11 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: Path, force: bool, is_main: bool)
             shutil.rmtree(p, ignore_errors=True)
         for name in ("metrics.jsonl", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
 
 
 def check_data(cfg: TrainConfig, model_cfg, data: TensorData) -> None:
@@ -219,6 +222,17 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
     lo, hi = ctx.rank * local_bs, (ctx.rank + 1) * local_bs
     params = [p for p in model.parameters()]
 
+    def export_weights(step: int) -> None:
+        """RUN_DIR/ema_<rate>/ for each rate and RUN_DIR/model/ (the first rate, or the raw weights)."""
+        extra = {"step": step, "trainer": cfg.trainer, "data": cfg.data, "class_names": list(data.class_names)}
+        for i, rate in enumerate(cfg.ema):
+            ema.copy_to(export, i).save_pretrained(run_dir / f"ema_{rate_key(rate)}", extra={**extra, "ema_rate": rate})
+        if cfg.ema:
+            ema.copy_to(export, 0)
+        else:
+            export.load_state_dict(model.state_dict())
+        export.save_pretrained(run_dir / "model", extra={**extra, "ema_rate": cfg.ema[0] if cfg.ema else None})
+
     def save(step: int) -> None:
         """Checkpoint (every process's RNG state gathered), then the EMA exports; rank 0 writes."""
         rngs = gather_objects(ctx, ckpt.rng_state())
@@ -236,14 +250,13 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
             }
             keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
             ckpt.save_checkpoint(run_dir, step, state, keep=keep)
-            extra = {"step": step, "trainer": cfg.trainer, "data": cfg.data, "class_names": list(data.class_names)}
-            for i, rate in enumerate(cfg.ema):
-                ema.copy_to(export, i).save_pretrained(run_dir / f"ema_{rate_key(rate)}", extra={**extra, "ema_rate": rate})
-            if cfg.ema:
-                ema.copy_to(export, 0)
-            else:
-                export.load_state_dict(model.state_dict())
-            export.save_pretrained(run_dir / "model", extra={**extra, "ema_rate": cfg.ema[0] if cfg.ema else None})
+            try:
+                export_weights(step)
+            except OSError as e:
+                raise CheckpointError(
+                    f"the checkpoint of step {step} is saved, but exporting the weights to {run_dir} failed: "
+                    f"{e.strerror or e}"
+                ) from None
         barrier(ctx)
 
     def log(step: int) -> None:
