@@ -53,6 +53,9 @@ def models(tmp_path_factory) -> Path:
     from adm.compat import config_from_flags, parse_flags
 
     torch.save(ADM(config_from_flags(parse_flags(FLAGS))).state_dict(), d / "x.pt")
+    from adm import presets
+
+    torch.save(presets.build("ADM_demo_fashion_mnist").state_dict(), d / "demo.pt")  # recognised from its shapes
     # a training run directory: RUN/config.json and the exported EMA model RUN/model
     (d / "run").mkdir()
     (d / "run" / "config.json").write_text(json.dumps({"trainer": "diffusion", "max_steps": 10}))
@@ -166,6 +169,12 @@ def test_cfg_official_pt_flags_convert_and_info(models, tmp_path):
     assert info["parameters"] == sum(v.numel() for v in torch.load(pt, weights_only=True).values())
     run = json.loads(adm("info", str(models / "run"), "--json").stdout)
     assert run["type"] == "training run directory" and run["step"] == 10 and run["classes"] == 4
+    # a .pt recognised from its shapes: the preset's sampling settings (DDIM) apply
+    adm("sample", "--checkpoint", str(models / "demo.pt"), "--num", "1", "--steps", "1", "--out", str(tmp_path / "d"),
+        "--no-progress")
+    assert json.loads((tmp_path / "d" / "samples.json").read_text())["settings"]["sampler"] == "ddim"
+    proc = adm("convert", str(models / "demo.pt"), str(tmp_path / "conv2"))
+    assert "ADM_demo_fashion_mnist" in proc.stdout
     proc = adm("info", "--presets")
     assert "ADM_diffusion_256_conditioned" in proc.stdout and "256x256_diffusion.pt" in proc.stdout
 

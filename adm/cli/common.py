@@ -82,6 +82,7 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 # -- seeds and labels -----------------------------------------------------------------------------
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+MAX_LIST = 10_000_000  # seeds or labels in one list: far beyond any run, small enough to hold in memory
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -94,6 +95,8 @@ def parse_int_list(text: str, what: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
         if hi < lo:
             raise ConfigError(f"bad {what} range {part.strip()!r}: the end is below the start")
+        if len(out) + hi - lo >= MAX_LIST:
+            raise ConfigError(f"{what} list {text!r} is too long (at most {MAX_LIST:,} values)")
         out.extend(range(lo, hi + 1))
     return out
 
@@ -109,15 +112,17 @@ def parse_seeds(text: str | None, num: int | None) -> list[int]:
         raise ConfigError(f"--num {num} disagrees with the {len(seeds)} seeds of --seed {text!r}; give one of them")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seed {text!r} lists a seed twice; each image needs its own seed")
-    if any(s >= 2**63 for s in seeds):
-        raise ConfigError("seeds must be below 2**63")
+    if len(seeds) > MAX_LIST:
+        raise ConfigError(f"--num {len(seeds)} is too large (at most {MAX_LIST:,} images a run)")
+    if any(s >= 2**62 for s in seeds):
+        raise ConfigError("seeds must be below 2**62")
     return seeds
 
 
 def parse_labels(text: str | None, seeds: list[int], num_classes: int, what: str = "the model") -> list[int] | None:
     """One label per seed: None for an unconditional model; 'random' (default), '3', '0,3,5' or '0-9' cycled."""
     if num_classes == 0:
-        if text not in (None, "", "none"):
+        if text not in (None, "", "none", "random"):
             raise ConfigError(f"{what} is unconditional: it takes no --labels")
         return None
     if text is None or text.strip().lower() == "random":
@@ -282,13 +287,7 @@ def load_model(
             preset = extra.get("preset") if extra.get("preset") in presets.PRESETS else None
             names = [str(n) for n in extra.get("class_names") or []]
         else:
-            if flags:
-                kind, config = kinds[0], flags
-            else:
-                kind, config = _kind_of_file(path), None
-            if kind not in kinds:
-                raise ConfigError(f"{what} {path} is a {kind}; expected {' or '.join(kinds)}")
-            model = model_class(kind).from_pretrained(path, config=config)
+            model, preset = _load_file(path, kinds, flags, what)
     if isinstance(getattr(model, "dtype", None), torch.dtype) and model.dtype != torch.float32:
         model.convert_to_fp32()
     model = model.float().to(device).eval().requires_grad_(False)
@@ -305,28 +304,31 @@ def _existing(path: str, what: str) -> str:
     return path
 
 
-def _kind_of_file(path: Path) -> str:
-    """The kind of a bare weights file: its sidecar config.json, else the preset its shapes match."""
+def _load_file(path: Path, kinds: tuple[str, ...], flags: dict | None, what: str):
+    """(network, preset or None) of a weights file: built from flags, a sidecar config.json, or the
+    preset its shapes match (read once)."""
     from adm import presets
     from adm.nn.pretrained import read_state_dict
 
     side = read_config(path.parent)
-    if side.get("kind") in KINDS and path.name == WEIGHTS_NAME:
-        return side["kind"]
-    name = presets.identify(read_state_dict(path))
+    if flags or (side.get("kind") in KINDS and path.name == WEIGHTS_NAME):
+        kind = kinds[0] if flags else side["kind"]
+        if kind not in kinds:
+            raise ConfigError(f"{what} {path} is a {kind}; expected {' or '.join(kinds)}")
+        return model_class(kind).from_pretrained(path, config=flags or None), None
+    sd = read_state_dict(path)
+    name = presets.identify(sd)
     if name is None:
         raise CheckpointError(
             f"{path}: its weights match no known preset; pass its guided-diffusion flags "
             f"(e.g. --flags \"$MODEL_FLAGS\") or a preset name"
         )
-    return presets.get(name).kind
-
-
-def model_summary(model) -> str:
-    """'ADM 16x16, 10 classes, 1.2M parameters' for messages."""
-    cfg = model.config
-    classes = f", {cfg.num_classes} classes" if getattr(cfg, "num_classes", 0) else ", unconditional"
-    return f"{model.kind} {cfg.image_size}x{cfg.image_size}{classes}, {model.num_parameters() / 1e6:.1f}M parameters"
+    kind = presets.PRESETS[name].kind
+    if kind not in kinds:
+        raise ConfigError(f"{what} {path} is a {kind} ({name}); expected {' or '.join(kinds)}")
+    model = presets.build(name)
+    model.load_checked(sd, str(path))
+    return model, name
 
 
 # -- output ---------------------------------------------------------------------------------------
