@@ -236,11 +236,61 @@ def guidance_scale(args: argparse.Namespace, base: Loaded, classifier: Loaded | 
     return 1.0
 
 
+def sampling_plan(args, base: Loaded, classifier: Loaded | None, up: Loaded | None, scale: float,
+                  labels: list[int] | None) -> dict:
+    """The settings of this run (recorded in samples.json), plus the step counts for the progress bar."""
+    sampler, respacing = sampler_and_steps(args.sampler, args.steps, base, base.model.config.diffusion.steps)
+    if args.eta and sampler != "ddim":
+        raise ConfigError("--eta applies to --sampler ddim")
+    plan = {
+        "model": base.source, "classifier": classifier.source if classifier else None,
+        "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
+        "sampler": sampler, "steps": respacing, "eta": args.eta, "clip": not args.no_clip, "dtype": args.dtype,
+        "upsample": up.source if up else None,
+        "base_steps": num_steps(base.model.config.diffusion.steps, respacing),
+    }
+    if up is not None:
+        if up.model.config.num_classes and labels is None:
+            raise ConfigError("the upsampler is class-conditional but the base samples have no labels")
+        up_sampler, up_respacing = sampler_and_steps(args.upsample_sampler, args.upsample_steps, up,
+                                                     up.model.config.diffusion.steps)
+        plan.update(upsample_sampler=up_sampler, upsample_steps=up_respacing,
+                    up_steps=num_steps(up.model.config.diffusion.steps, up_respacing))
+    return plan
+
+
 # -- the command ----------------------------------------------------------------------------------
+def batch_maker(args, guided, up: Loaded | None, plan: dict, out, device, dtype, progress: Progress):
+    """make(seeds, labels) -> uint8 [B, H, W, C]: ADM-G samples, then ADM-U's when there is an upsampler."""
+    from adm.data import to_uint8
+    from adm.guided import upsample
+
+    share = 0.5 if up is not None else 1.0  # of the progress bar, per stage
+
+    def make(keys: list[int], ys: list[int] | None) -> np.ndarray:
+        y = torch.tensor(ys) if ys is not None else None
+        with autocast(device, dtype):
+            x = guided.sample(y, n=len(keys), steps=plan["steps"], sampler=plan["sampler"], seed=keys, eta=args.eta,
+                              clip_denoised=not args.no_clip, device=device,
+                              callback=progress.callback(len(keys), plan["base_steps"], share))
+        images = to_uint8(x)
+        if up is None:
+            return images
+        for k, image in zip(keys, images):  # ADM-U gets the 8-bit images, as from the paper's .npz
+            save_png_atomic(out / "low_res" / png_name(k), image)
+        with autocast(device, dtype):
+            x = upsample(up.model, torch.from_numpy(images), y if up.model.config.num_classes else None,
+                         steps=plan["upsample_steps"], sampler=plan["upsample_sampler"],
+                         seed=[k + UPSAMPLE_SEED_OFFSET for k in keys], clip_denoised=not args.no_clip,
+                         device=device, callback=progress.callback(len(keys), plan["up_steps"], share))
+        return to_uint8(x)
+
+    return make
+
+
 def run_sample(args: argparse.Namespace) -> int:
     """Sample the seeds of this process that are not yet in --out, then (rank 0) the grid and .npz."""
-    from adm.data import to_uint8
-    from adm.guided import ADM_G, upsample
+    from adm.guided import ADM_G
     from adm.train.distributed import barrier, gather_objects, teardown
 
     dtype = parse_dtype(args.dtype)
@@ -257,60 +307,23 @@ def run_sample(args: argparse.Namespace) -> int:
         up = load_upsampler(args, base, up_flags, device)
         scale = guidance_scale(args, base, classifier)
         guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale)
-        sampler, respacing = sampler_and_steps(args.sampler, args.steps, base, base.model.config.diffusion.steps)
-        if args.eta and sampler != "ddim":
-            raise ConfigError("--eta applies to --sampler ddim")
-        labels = parse_labels(args.labels, seeds, guided.num_classes,
-                              "the classifier" if classifier else "the model")
-        if up is not None:
-            up_sampler, up_respacing = sampler_and_steps(args.upsample_sampler, args.upsample_steps, up,
-                                                         up.model.config.diffusion.steps)
-            if up.model.config.num_classes and labels is None:
-                raise ConfigError("the upsampler is class-conditional but the base samples have no labels")
+        labels = parse_labels(args.labels, seeds, guided.num_classes, "the classifier" if classifier else "the model")
+        plan = sampling_plan(args, base, classifier, up, scale, labels)
         label_of = dict(zip(seeds, labels if labels is not None else [None] * len(seeds)))
 
         out = writable_dir(args.out)
-        settings = {
-            "model": base.source, "classifier": classifier.source if classifier else None,
-            "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
-            "sampler": sampler, "steps": respacing, "eta": args.eta, "clip": not args.no_clip, "dtype": args.dtype,
-            "upsample": up.source if up else None,
-        }
-        if up is not None:
-            settings.update(upsample_sampler=up_sampler, upsample_steps=up_respacing)
+        settings = {k: v for k, v in plan.items() if k not in ("base_steps", "up_steps")}  # counts aside
         manifest = check_manifest(out, settings, label_of, args.overwrite)
         if ctx.is_main:
             write_json_file(out / MANIFEST_NAME, manifest)
-
-        mine = seeds[ctx.rank :: ctx.world_size]
-        todo = [s for s in mine if args.overwrite or not (out / png_name(s)).is_file()]
-        base_steps = num_steps(base.model.config.diffusion.steps, respacing)
-        up_steps = num_steps(up.model.config.diffusion.steps, up_respacing) if up else 0
-        desc = f"sample{f' [rank {ctx.rank}/{ctx.world_size}]' if ctx.enabled else ''}"
-        progress = Progress(len(todo), desc, enabled=not args.no_progress and ctx.is_main)
-        low_dir = out / "low_res"
         if up is not None:
-            low_dir.mkdir(exist_ok=True)
+            (out / "low_res").mkdir(exist_ok=True)
 
-        def make(keys: list[int], ys: list[int] | None) -> np.ndarray:
-            y = torch.tensor(ys) if ys is not None else None
-            share = 0.5 if up is not None else 1.0
-            with autocast(device, dtype):
-                x = guided.sample(y, n=len(keys), steps=respacing, sampler=sampler, seed=keys, eta=args.eta,
-                                  clip_denoised=not args.no_clip, callback=progress.callback(len(keys), base_steps, share), device=device)
-            images = to_uint8(x)
-            if up is None:
-                return images
-            for k, im in zip(keys, images):  # ADM-U gets the 8-bit images, as from the paper's .npz
-                save_png_atomic(low_dir / png_name(k), im)
-            up_y = y if up.model.config.num_classes else None
-            with autocast(device, dtype):
-                x = upsample(up.model, torch.from_numpy(images), up_y, steps=up_respacing, sampler=up_sampler,
-                             seed=[k + UPSAMPLE_SEED_OFFSET for k in keys], clip_denoised=not args.no_clip,
-                             callback=progress.callback(len(keys), up_steps, share), device=device)
-            return to_uint8(x)
-
-        produce(out, todo, label_of, args.batch_size, make)
+        mine = seeds[ctx.rank :: ctx.world_size]  # rank r of K makes seeds[r::K]
+        todo = [s for s in mine if args.overwrite or not (out / png_name(s)).is_file()]
+        desc = f"sample [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else "sample"
+        progress = Progress(len(todo), desc, enabled=not args.no_progress and ctx.is_main)
+        produce(out, todo, label_of, args.batch_size, batch_maker(args, guided, up, plan, out, device, dtype, progress))
         progress.close()
         made = sum(gather_objects(ctx, len(todo)))
         barrier(ctx)
@@ -323,4 +336,3 @@ def run_sample(args: argparse.Namespace) -> int:
     finally:
         teardown(ctx)
     return 0
-
