@@ -63,6 +63,11 @@ def models(tmp_path_factory) -> Path:
     cfg = json.loads((d / "M" / "config.json").read_text())
     cfg["extra"] = {"step": 10, "class_names": ["tee", "pants", "coat", "bag"]}
     (d / "run" / "model" / "config.json").write_text(json.dumps(cfg))
+    sd = ADM.from_pretrained(d / "M").state_dict()  # and its training checkpoint (as adm.train writes it)
+    (d / "run" / "checkpoints").mkdir()
+    run_cfg = {"trainer": "diffusion", "model": {k: v for k, v in cfg.items() if k != "extra"}, "ema": [0.9999]}
+    torch.save({"model": {k: v * 0 for k, v in sd.items()}, "ema": {"0.9999": sd}, "config": json.dumps(run_cfg),
+                "step": 10}, d / "run" / "checkpoints" / "step_00000010.pt")
     return d
 
 
@@ -154,7 +159,8 @@ def test_cascade_equals_sample_then_upsample(models, guided):
 def test_cfg_official_pt_flags_convert_and_info(models, tmp_path):
     # classifier-free guidance, from the run directory
     out = tmp_path / "cfg"
-    proc = adm("sample", "--model", str(models / "run"), "--cfg-scale", "3", "--num", "2", "--labels", "random",
+    proc = adm("sample", "--checkpoint", str(models / "run" / "checkpoints" / "step_00000010.pt"), "--cfg-scale", "3",
+               "--num", "2", "--labels", "random",
                "--steps", "2", "--out", str(out), "--grid", "0", "--no-progress")
     assert "2 images" in proc.stdout and not (out / "grid.png").exists()
     # an "official" .pt with its flag string: sampled directly, converted, described
@@ -169,6 +175,8 @@ def test_cfg_official_pt_flags_convert_and_info(models, tmp_path):
     assert info["parameters"] == sum(v.numel() for v in torch.load(pt, weights_only=True).values())
     run = json.loads(adm("info", str(models / "run"), "--json").stdout)
     assert run["type"] == "training run directory" and run["step"] == 10 and run["classes"] == 4
+    ckpt = json.loads(adm("info", str(models / "run" / "checkpoints" / "step_00000010.pt"), "--json").stdout)
+    assert ckpt["type"].startswith("training checkpoint") and ckpt["step"] == 10 and ckpt["kind"] == "ADM"
     # a .pt recognised from its shapes: the preset's sampling settings (DDIM) apply
     adm("sample", "--checkpoint", str(models / "demo.pt"), "--num", "1", "--steps", "1", "--out", str(tmp_path / "d"),
         "--no-progress")

@@ -304,29 +304,67 @@ def _existing(path: str, what: str) -> str:
     return path
 
 
+def training_checkpoint(obj) -> tuple[dict, dict, int] | None:
+    """(network config with "kind", the exported EMA (else raw) state_dict, step) of an `adm train`
+    checkpoint (RUN_DIR/checkpoints/step_*.pt); None for anything else."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("config"), str) and isinstance(obj.get("model"), dict)):
+        return None
+    try:
+        cfg = json.loads(obj["config"])
+    except json.JSONDecodeError:
+        return None
+    net = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(net, dict) or net.get("kind") not in KINDS:
+        return None
+    emas = obj.get("ema") if isinstance(obj.get("ema"), dict) else {}
+    rates = [repr(float(r)) for r in cfg.get("ema") or []]
+    sd = emas.get(rates[0]) if rates and rates[0] in emas else next(iter(emas.values()), None)
+    return net, sd if isinstance(sd, dict) and sd else obj["model"], int(obj.get("step", 0))
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict | None, int | None]:
+    """(state_dict, network config or None, training step or None) of a .pt / .safetensors file."""
+    from adm.nn.pretrained import extract_state_dict, read_state_dict, read_torch_file
+
+    if path.suffix == ".safetensors":
+        return read_state_dict(path), None, None
+    obj = read_torch_file(path)
+    found = training_checkpoint(obj)
+    if found is not None:
+        return found[1], found[0], found[2]
+    return extract_state_dict(obj, path), None, None
+
+
 def _load_file(path: Path, kinds: tuple[str, ...], flags: dict | None, what: str):
-    """(network, preset or None) of a weights file: built from flags, a sidecar config.json, or the
-    preset its shapes match (read once)."""
+    """(network, preset or None) of a weights file: built from flags, a sidecar config.json, a training
+    checkpoint's config, or the preset its shapes match."""
     from adm import presets
-    from adm.nn.pretrained import read_state_dict
+    from adm.compat import config_from_flags
 
     side = read_config(path.parent)
-    if flags or (side.get("kind") in KINDS and path.name == WEIGHTS_NAME):
-        kind = kinds[0] if flags else side["kind"]
+    if not flags and side.get("kind") in KINDS and path.name == WEIGHTS_NAME:
+        if side["kind"] not in kinds:
+            raise ConfigError(f"{what} {path} is a {side['kind']}; expected {' or '.join(kinds)}")
+        return model_class(side["kind"]).from_pretrained(path.parent), None
+    sd, net, _ = read_weights(path)
+    name = None
+    if flags:
+        model = model_class(kinds[0])(config_from_flags(flags, kind=kinds[0]))
+    elif net is not None:
+        if net["kind"] not in kinds:
+            raise ConfigError(f"{what} {path} holds a {net['kind']}; expected {' or '.join(kinds)}")
+        model = model_class(net["kind"]).from_config_dict(net)
+    else:
+        name = presets.identify(sd)
+        if name is None:
+            raise CheckpointError(
+                f"{path}: its weights match no known preset; pass its guided-diffusion flags "
+                f"(e.g. --flags \"$MODEL_FLAGS\") or a preset name"
+            )
+        kind = presets.PRESETS[name].kind
         if kind not in kinds:
-            raise ConfigError(f"{what} {path} is a {kind}; expected {' or '.join(kinds)}")
-        return model_class(kind).from_pretrained(path, config=flags or None), None
-    sd = read_state_dict(path)
-    name = presets.identify(sd)
-    if name is None:
-        raise CheckpointError(
-            f"{path}: its weights match no known preset; pass its guided-diffusion flags "
-            f"(e.g. --flags \"$MODEL_FLAGS\") or a preset name"
-        )
-    kind = presets.PRESETS[name].kind
-    if kind not in kinds:
-        raise ConfigError(f"{what} {path} is a {kind} ({name}); expected {' or '.join(kinds)}")
-    model = presets.build(name)
+            raise ConfigError(f"{what} {path} is a {kind} ({name}); expected {' or '.join(kinds)}")
+        model = presets.build(name)
     model.load_checked(sd, str(path))
     return model, name
 

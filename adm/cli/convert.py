@@ -18,6 +18,7 @@ from adm.cli.common import (
     png_name,
     read_config,
     read_json_file,
+    read_weights,
     writable_dir,
 )
 from adm.errors import CheckpointError, ConfigError
@@ -181,13 +182,17 @@ _IGNORED = ("diffusion", "dropout", "use_checkpoint", "kind", "extra")
 
 
 def _identify_dir(path: Path) -> str | None:
-    """The preset whose network config equals this directory's (diffusion and dropout aside)."""
+    return _preset_of_config(read_config(path))
+
+
+def _preset_of_config(config: dict) -> str | None:
+    """The preset whose network config equals this one (diffusion and dropout aside)."""
     from adm.presets import PRESETS
 
-    cfg = {k: v for k, v in read_config(path).items() if k not in _IGNORED}
+    cfg = {k: v for k, v in config.items() if k not in _IGNORED}
     for name, p in PRESETS.items():
         d = {k: v for k, v in p.config().to_dict().items() if k not in _IGNORED}
-        if p.kind == read_config(path).get("kind") and d == cfg:
+        if p.kind == config.get("kind") and d == cfg:
             return name
     return None
 
@@ -262,25 +267,23 @@ def describe_npz(path: Path) -> dict:
 
 
 def describe_file(path: Path) -> dict:
-    """A .pt / .safetensors file: recognised preset, kind, parameters (and step of a training checkpoint)."""
-    from adm.nn.pretrained import extract_state_dict, read_torch_file
+    """A .pt / .safetensors file: recognised preset, kind, parameters (and a training checkpoint's step)."""
+    import torch
+
     from adm.presets import PRESETS, identify
 
     info: dict = {"path": str(path), "type": "checkpoint file"}
-    step = None
     if path.suffix == ".safetensors":
-        import torch
-
-        sd = {k: torch.empty(s, device="meta") for k, s in _safetensors_shapes(path).items()}
         if path.name == WEIGHTS_NAME and read_config(path.parent).get("kind") in KINDS:
             return describe_model_dir(path.parent)
+        sd, net, step = {k: torch.empty(s, device="meta") for k, s in _safetensors_shapes(path).items()}, None, None
     else:
-        obj = read_torch_file(path)
-        sd = extract_state_dict(obj, path)
-        if isinstance(obj, dict) and isinstance(obj.get("step"), int):
-            step = obj["step"]
-    name = identify(sd)
-    if name is not None:
+        sd, net, step = read_weights(path)
+    if net is not None:
+        info["type"] = "training checkpoint (its exported EMA weights)"
+        info.update(_config_fields(net))
+        info["preset"] = _preset_of_config(net) or "-"
+    elif (name := identify(sd)) is not None:
         info.update(_config_fields({"kind": PRESETS[name].kind, **PRESETS[name].config().to_dict()}))
         info["preset"] = name
     else:

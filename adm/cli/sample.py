@@ -329,7 +329,7 @@ def run_sample(args: argparse.Namespace) -> int:
         barrier(ctx)
         if ctx.is_main:
             npz, grid = finish_outputs(out, seeds, labels, args.grid)
-            print(f"{len(seeds)} images in {out} ({made} new, {len(seeds) - made} already there)")
+            print(f"{len(seeds)} image{'s' * (len(seeds) != 1)} in {out} ({made} new, {len(seeds) - made} already there)")
             if grid is not None:
                 print(f"grid: {grid}")
             print(f"npz:  {npz}")
