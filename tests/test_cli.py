@@ -26,11 +26,11 @@ FLAGS = ("--image_size 16 --num_channels 32 --channel_mult 1,2 --num_res_blocks 
 BASE = ["--seed", "0-5", "--labels", "0-3", "--sampler", "ddim", "--steps", "3"]
 
 
-def adm(*args: str, cwd: Path | None = None, ok: bool = True, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def adm(*args: str, ok: bool = True, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m adm ARGS` (or under a launcher such as torchrun); check the exit status."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, *(launcher or []), "-m", "adm", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if ok and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -208,7 +208,8 @@ def error_cases(m: Path, tmp: Path) -> list[tuple[list[str], str]]:
     M, C, U = str(m / "M"), str(m / "C"), str(m / "U")
     return [
         (["sample", "--model", str(tmp / "missing")], "not found"),
-        (["sample", "--preset", "ADM_diffusion_256_conditiond", "--pretrained"], "did you mean 'ADM_diffusion_256_conditioned'"),
+        (["sample", "--preset", "ADM_diffusion_256_conditiond", "--pretrained"],
+         "did you mean 'ADM_diffusion_256_conditioned'"),
         (["sample", "--preset", "ADM_diffusion_64_conditioned"], "needs weights"),
         (["sample", "--checkpoint", str(m / "x.pt")], "match no known preset"),
         (["sample", "--checkpoint", str(m / "x.pt"), "--flags", FLAGS.replace("32", "64")], "does not fit"),

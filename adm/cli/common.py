@@ -24,9 +24,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # -- argparse -------------------------------------------------------------------------------------
 def add_parser(subparsers, name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    """A sub-command parser whose --help keeps the examples' line breaks."""
+    """A sub-command parser whose --help keeps the examples' line breaks (the description is wrapped)."""
+    import textwrap
+
     return subparsers.add_parser(
-        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        name, help=help, description=textwrap.fill(description, 100), epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
@@ -463,7 +466,9 @@ def read_json_file(path: Path) -> dict:
     return data
 
 
-def finish_outputs(out: Path, keys: list[int], labels: list[int] | None, grid: int, prefix: str = "samples") -> tuple[Path, Path | None]:
+def finish_outputs(
+    out: Path, keys: list[int], labels: list[int] | None, grid: int, prefix: str = "samples"
+) -> tuple[Path, Path | None]:
     """Assemble the PNGs of `keys` into the paper's .npz (arr_0 NHWC uint8, arr_1 labels) and a grid PNG."""
     from adm.data import save_grid, save_npz
 

@@ -36,6 +36,8 @@ INFO_EPILOG = """examples:
   adm info runs/fmnist                   # a training run directory
   adm info ADM_U_64_256                  # a preset
   adm info --presets                     # every preset, its released file and whether weights are here
+  adm info samples/fmnist                # an `adm sample` directory: settings, images written so far
+  adm info samples/fmnist/samples_64x32x32x1.npz   # an image batch
   adm info models/adm256 --json          # machine-readable
 """
 
@@ -52,14 +54,16 @@ def register(subparsers) -> None:
     p.add_argument("out", help="output directory (created)")
     force = p.add_mutually_exclusive_group()
     force.add_argument("--preset", help="the preset the checkpoint is (see `adm info --presets`)")
-    force.add_argument("--flags", help="the guided-diffusion MODEL_FLAGS / CLASSIFIER_FLAGS / SR flags it was trained with")
+    force.add_argument("--flags",
+                       help="the guided-diffusion MODEL_FLAGS / CLASSIFIER_FLAGS / SR flags it was trained with")
     p.add_argument("--fp16", action="store_true", help="store float16 weights")
     p.set_defaults(func=run_convert)
 
     p = add_parser(
         subparsers, "info", help="describe a checkpoint, saved model, run directory or preset",
-        description="Show what a checkpoint (.pt/.safetensors), saved model directory, training run directory or "
-        "preset holds: kind, preset, parameters, classes, image size, diffusion settings, training step.",
+        description="Show what a checkpoint (.pt/.safetensors, official or from `adm train`), saved model "
+        "directory, training run directory or preset holds: kind, preset, parameters, classes, image size, "
+        "diffusion settings, training step. Also describes `adm sample` output directories and .npz batches.",
         epilog=INFO_EPILOG,
     )
     p.add_argument("path", nargs="?", help="file, directory or preset name")

@@ -100,7 +100,8 @@ def register(subparsers) -> None:
     g.add_argument("--labels", help="class labels, cycled over the images: '3', '0,3,5', '0-9' or 'random' (default)")
     g.add_argument("--batch-size", type=int, help="images per model call (default 16)")
     g = p.add_argument_group("cascade")
-    g.add_argument("--upsample", metavar="SRC", help="ADM-U upsampler (preset, directory or .pt) applied to every image")
+    g.add_argument("--upsample", metavar="SRC",
+                   help="ADM-U upsampler (preset, directory or .pt) applied to every image")
     g.add_argument("--upsample-flags", metavar="STR", help="guided-diffusion SR flags of an upsampler .pt")
     g.add_argument("--upsample-sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
     g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else 250 / 25)")
@@ -143,7 +144,9 @@ def apply_script_flags(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 def load_base(args: argparse.Namespace, flags: dict, device) -> Loaded:
     """The diffusion model from --model, --preset (+ --pretrained/--checkpoint) or --checkpoint (+ --flags)."""
     if args.model and (args.preset or args.checkpoint):
-        raise ConfigError("give either --model, or --preset with --pretrained/--checkpoint, or --checkpoint with --flags")
+        raise ConfigError(
+            "give either --model, or --preset with --pretrained/--checkpoint, or --checkpoint with --flags"
+        )
     if args.preset:
         if not (args.pretrained or args.checkpoint):
             raise ConfigError(f"--preset {args.preset} needs weights: add --pretrained (download) or --checkpoint FILE")
@@ -329,7 +332,8 @@ def run_sample(args: argparse.Namespace) -> int:
         barrier(ctx)
         if ctx.is_main:
             npz, grid = finish_outputs(out, seeds, labels, args.grid)
-            print(f"{len(seeds)} image{'s' * (len(seeds) != 1)} in {out} ({made} new, {len(seeds) - made} already there)")
+            n = len(seeds)
+            print(f"{n} image{'s' * (n != 1)} in {out} ({made} new, {n - made} already there)")
             if grid is not None:
                 print(f"grid: {grid}")
             print(f"npz:  {npz}")

@@ -46,8 +46,8 @@ EPILOG = """examples:
   adm upsample base.npz --model 64_256_upsampler.pt --flags "$SR_FLAGS"
 
 Output: OUT/<index>.png, OUT/grid.png, OUT/upsampled_NxHxWxC.npz (arr_0, arr_1 labels) and
-OUT/samples.json. Image k draws its noise from seed S+k (S = --seed, default 0); a rerun skips the
-PNGs already written.
+OUT/samples.json. Image k (an input index, or the seed in an `adm sample` directory) draws its noise
+from seed S+k+2**32 (S = --seed, default 0); a rerun skips the PNGs already written.
 """
 
 
@@ -65,7 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--labels", help="labels for a class-conditional upsampler when the input has none: "
                    "'3', '0,3,5' or '0-9', cycled over the images")
     p.add_argument("--num", type=int, help="upsample only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="image k uses seed S+k (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="image k draws its noise from seed S+k+2**32, the stream "
+                   "`adm sample --upsample` uses (default 0)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
     p.add_argument("--steps", help="steps, respacing or 'all' (default: the preset's, else 250 / 25)")
     p.add_argument("--batch-size", type=int, help="images per model call (default 8)")
