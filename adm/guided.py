@@ -56,7 +56,7 @@ def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return seeds
 
 
-def _random_labels(seeds: list[int], num_classes: int) -> torch.Tensor:
+def random_labels(seeds: list[int], num_classes: int) -> torch.Tensor:
     """One label per image, drawn from a generator of its own seed (a stream apart from its noise)."""
     salt = 0x5DEECE66D
     return torch.tensor([int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s + salt)))
@@ -195,7 +195,7 @@ class ADM_G(nn.Module):
         if labels is None:
             if n is None:
                 raise ConfigError("give labels or a number of images n")
-            y = _random_labels(_seeds(seed, n), num_classes) if num_classes else None
+            y = random_labels(_seeds(seed, n), num_classes) if num_classes else None
         else:
             if not num_classes:
                 raise ConfigError("labels were given for an unconditional model without a classifier")

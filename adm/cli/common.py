@@ -129,9 +129,9 @@ def parse_labels(text: str | None, seeds: list[int], num_classes: int, what: str
             raise ConfigError(f"{what} is unconditional: it takes no --labels")
         return None
     if text is None or text.strip().lower() == "random":
-        from adm.guided import _random_labels  # ADM_G's rule, so `adm sample` and ADM_G.sample agree
+        from adm.guided import random_labels  # ADM_G's rule, so `adm sample` and ADM_G.sample agree
 
-        return _random_labels(list(seeds), num_classes).tolist()
+        return random_labels(list(seeds), num_classes).tolist()
     labels = parse_int_list(text, "label")
     bad = [y for y in labels if y >= num_classes]
     if bad:

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except AdmError as e:
         print(f"adm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed
+        sys.stderr.close()
+        return 1
     except KeyboardInterrupt:
         print(f"adm {args.command}: interrupted", file=sys.stderr)
         return 130

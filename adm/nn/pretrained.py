@@ -40,8 +40,11 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "checkpoint") -> dict
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
         for key in ("ema", "model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                return extract_state_dict(obj[key], path)
+            value = obj.get(key)
+            if isinstance(value, dict) and value:
+                if key == "ema" and not all(isinstance(v, torch.Tensor) for v in value.values()):
+                    value = next(iter(value.values()))  # adm train: {rate: state_dict}, the first rate
+                return extract_state_dict(value, path)
     raise CheckpointError(f"{path}: holds no state_dict of tensors")
 
 
