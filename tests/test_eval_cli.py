@@ -105,7 +105,10 @@ def test_make_ref_no_pad_keeps_28(tmp_path, capsys):
 
 
 def test_missing_fashion_mnist_names_the_apt_package(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("ADM_FASHION_MNIST", str(tmp_path))
+    monkeypatch.setenv("ADM_FASHION_MNIST_DIR", str(tmp_path))
+    from adm.data import fashion_mnist
+
+    fashion_mnist._load_cached.cache_clear()
     code, _, err = run_main(capsys, "make-ref", "fashion-mnist", tmp_path / "x.npz", "--features", "tiny")
     assert_one_line_error(code, err, "apt-get install -y dataset-fashion-mnist")
 

@@ -1,7 +1,6 @@
 """Image batches to evaluate, read lazily: .npz in the paper's format, image folders, Fashion-MNIST."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import zipfile
@@ -14,8 +13,6 @@ import numpy as np
 from adm.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 
 
 @dataclass
@@ -185,35 +182,19 @@ def format_shape(shape: tuple[int, int, int] | None) -> str:
     return "of mixed sizes" if shape is None else f"{shape[0]}x{shape[1]}x{shape[2]}"
 
 
-def read_idx_images(path: str | os.PathLike) -> np.ndarray:
-    """uint8 [N x rows x cols] images of an IDX file (MNIST format, optionally gzipped)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 16 or int.from_bytes(data[:4], "big") != 2051:
-        raise DataError(f"{path}: not an IDX image file (magic number 2051 expected)")
-    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
-    if len(data) != 16 + n * rows * cols:
-        raise DataError(f"{path}: truncated IDX file")
-    return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
-
-
-def open_fashion_mnist(split: str = "test", pad: bool = True, root: str | os.PathLike | None = None) -> ImageSource:
+def open_fashion_mnist(split: str = "test", pad: bool = True) -> ImageSource:
     """Fashion-MNIST images, uint8 [N x 32 x 32 x 1] (zero-padded from 28; [N x 28 x 28 x 1] with pad=False)."""
+    from adm.data.fashion_mnist import data_dir, load_fashion_mnist
+
     if split not in ("test", "train"):
         raise DataError(f"Fashion-MNIST split must be 'test' or 'train', got {split!r}")
-    root = Path(root or os.environ.get("ADM_FASHION_MNIST") or FASHION_MNIST_DIR)
-    stem = "t10k" if split == "test" else "train"
-    path = next((root / f"{stem}-images-idx3-ubyte{s}" for s in (".gz", "")
-                 if (root / f"{stem}-images-idx3-ubyte{s}").is_file()), None)
-    if path is None:
-        raise DataError(f"Fashion-MNIST not found under {root}: install it with "
-                        f"`apt-get install -y {FASHION_MNIST_PACKAGE}`")
-    images = read_idx_images(path)[..., None]
+    images = load_fashion_mnist(split)[0][..., None]
     if pad:
         images = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
     source = from_array(images, f"fashion-mnist {split}")
-    source.fingerprint = f"fashion-mnist:{split}:pad={pad}:{_file_fingerprint(path)}"
+    stem = "t10k" if split == "test" else "train"
+    files = [p for p in data_dir().glob(f"{stem}-images-idx3-ubyte*") if p.is_file()]
+    source.fingerprint = f"fashion-mnist:{split}:pad={pad}:{_file_fingerprint(files[0]) if files else ''}"
     return source
 
 
