@@ -24,16 +24,40 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """Group norm (32 groups) computed in float32 whatever the input dtype, returned in the input dtype."""
+    """Group norm (32 groups) with float32 statistics whatever the input dtype, returned in the input dtype.
+
+    float32 inputs take the plain kernel (nothing to cast). On the CPU, bfloat16 / float16 inputs do
+    too: its kernels accumulate in float32 and take float32 affine parameters, which saves the two
+    copies of a float32 round trip. Elsewhere low-precision inputs go through float32 as in the
+    original code.
+    """
 
     def __init__(self, channels: int):
         super().__init__(32, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+            if x.dtype == torch.float32 or x.device.type == "cpu":
+                return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+            return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._norm(x, _float(self.weight), _float(self.bias))
+
+    def modulate(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """AdaGN (paper section 3): GroupNorm(x) * (1 + scale) + shift, scale / shift [N, C, 1, 1].
+
+        The norm's own affine is folded into the per-sample one, so that the normalised tensor is
+        read and written once more (addcmul) instead of three times (affine, multiply, add).
+        """
+        s = 1 + scale.float()
+        weight = (self.weight.float()[:, None, None] * s).to(x.dtype)                  # [N, C, 1, 1]
+        bias = (self.bias.float()[:, None, None] * s + shift.float()).to(x.dtype)      # [N, C, 1, 1]
+        return torch.addcmul(bias, self._norm(x, None, None), weight)
+
+
+def _float(p: torch.Tensor | None) -> torch.Tensor | None:
+    return p.float() if p is not None else None
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -44,11 +68,20 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of blocks; those that take the timestep embedding receive it."""
+    """A sequence of blocks; those that take the timestep embedding receive it.
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+    `skip` (a decoder block's skip connection) goes to the first block, which concatenates it to x:
+    under gradient checkpointing the concatenation is then recomputed, not stored.
+    """
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        for i, layer in enumerate(self):
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb, skip) if i == 0 and skip is not None else layer(x, emb)
+            else:
+                if i == 0 and skip is not None:
+                    x = torch.cat([x, skip], dim=1)
+                x = layer(x)
         return x
 
 
@@ -142,7 +175,9 @@ class ResBlock(Checkpointed):
         else:
             self.skip_connection = nn.Conv2d(channels, out_channels, 1)
 
-    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:  # decoder blocks: [h, skip] along channels, as the original UNet.forward
+            x = torch.cat([x, skip], dim=1)
         if self.updown:  # resample between the norm/activation and the convolution
             h = self.in_layers[:-1](x)
             h = self.in_layers[-1](self.h_upd(h))
@@ -152,28 +187,39 @@ class ResBlock(Checkpointed):
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]  # [N, C or 2C, 1, 1]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            h = self.out_layers[1:](self.out_layers[0].modulate(h, scale, shift))
         else:
             h = self.out_layers(h + emb_out)
         out = self.skip_connection(x) + h
         return out * (1 / math.sqrt(2)) if self.rescale else out
 
 
-def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:
-    """Multi-head self-attention of a fused projection qkv [N, 3*H*C, L] -> [N, H*C, L].
+def token_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:
+    """Multi-head self-attention of a token-major fused projection qkv [N, L, 3*H*C] -> [N, L, H*C].
 
-    legacy=True: heads outermost ([N, H, 3, C, L], most released models); False: q, k, v outermost
-    ("new attention order", [N, 3, H, C, L], the 64x64 model). softmax(q k^T / sqrt(C)) v by SDPA.
+    legacy=True: heads outermost in the 3*H*C features ([H, 3, C], most released models); False:
+    q, k, v outermost ("new attention order", [3, H, C], the 64x64 model). softmax(q k^T / sqrt(C)) v
+    by scaled_dot_product_attention: token-major q, k, v have unit stride along C, which the fused
+    kernels (flash on CPU and CUDA, memory-efficient on CUDA) need; they never form the L x L matrix.
     """
-    n, width, length = qkv.shape
+    n, length, width = qkv.shape
     ch = width // (3 * num_heads)
     if legacy:
-        q, k, v = qkv.reshape(n, num_heads, 3 * ch, length).split(ch, dim=2)  # each [N, H, C, L]
+        q, k, v = qkv.view(n, length, num_heads, 3, ch).unbind(3)  # each [N, L, H, C]
     else:
-        q, k, v = (t.reshape(n, num_heads, ch, length) for t in qkv.chunk(3, dim=1))
-    out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))  # [N, H, L, C]
-    return out.transpose(-1, -2).reshape(n, num_heads * ch, length)
+        q, k, v = qkv.view(n, length, 3, num_heads, ch).unbind(2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [N, H, L, C]
+    return out.transpose(1, 2).reshape(n, length, num_heads * ch)
+
+
+def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:
+    """The same for a channel-major projection (the original layout), qkv [N, 3*H*C, L] -> [N, H*C, L]."""
+    return token_attention(qkv.transpose(1, 2), num_heads, legacy).transpose(1, 2)
+
+
+def pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 Conv1d applied to tokens x [N, L, C_in] -> [N, L, C_out] (the same weights, as a matmul)."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
 class AttentionBlock(Checkpointed):
@@ -204,9 +250,11 @@ class AttentionBlock(Checkpointed):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, *spatial = x.shape
-        x = x.reshape(n, c, -1)  # [N, C, L]
-        h = qkv_attention(self.qkv(self.norm(x)), self.num_heads, self.legacy)
-        return (x + self.proj_out(h)).reshape(n, c, *spatial)
+        # Token-major [N, L, C]: a view of channels-last activations, one copy of NCHW ones.
+        h = self.norm(x).movedim(1, -1).reshape(n, -1, c)
+        h = token_attention(pointwise(self.qkv, h), self.num_heads, self.legacy)  # [N, L, C]
+        h = pointwise(self.proj_out, h).reshape(n, *spatial, c).movedim(-1, 1)  # [N, C, *spatial], a view
+        return x + h
 
 
 class AttentionPool2d(nn.Module):
@@ -223,6 +271,11 @@ class AttentionPool2d(nn.Module):
         n, c = x.shape[:2]
         x = x.reshape(n, c, -1)  # [N, C, L]
         x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)  # [N, C, L+1]
-        x = x + self.positional_embedding[None].to(x.dtype)
-        x = qkv_attention(self.qkv_proj(x), self.num_heads, legacy=False)
-        return self.c_proj(x)[:, :, 0]
+        x = (x + self.positional_embedding[None].to(x.dtype)).transpose(1, 2)  # [N, L+1, C] tokens
+        # Only the first token (the mean) is read out, so only its query is computed.
+        # q, k, v outermost in the projection ("new attention order").
+        (w_q, w_kv), (b_q, b_kv) = (p.split([c, 2 * c]) for p in (self.qkv_proj.weight.squeeze(-1), self.qkv_proj.bias))
+        q = F.linear(x[:, :1], w_q, b_q).view(n, 1, self.num_heads, -1)  # [N, 1, H, C/H]
+        k, v = F.linear(x, w_kv, b_kv).view(n, -1, 2, self.num_heads, c // self.num_heads).unbind(2)  # [N, L+1, H, C/H]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [N, H, 1, C/H]
+        return F.linear(out.reshape(n, c), self.c_proj.weight.squeeze(-1), self.c_proj.bias)  # [N, output_dim]

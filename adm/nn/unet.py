@@ -175,7 +175,7 @@ class ADM(PretrainedMixin, nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = block(h, emb, skips.pop())  # concatenates [h, skip] inside the (checkpointed) block
         return self.out(h.to(x.dtype))
 
 
