@@ -66,13 +66,14 @@ BASELINE = "official-fp32"
 
 def default_modes(device: torch.device, config: str, task: str) -> list[str]:
     """The modes each table compares by default (each costs time: the CPU run stays a few minutes)."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # compiled modes: the closing table of run.py (they take longest)
         modes = {
-            "forward": ["official-fp32", "official-fp16", "fp32", "bf16", "fp16", "bf16-cl", "fp16-cl",
-                        "bf16-compile", "fp16-cl-compile"],
-            "sample": ["official-fp32", "official-fp16", "fp32", "bf16", "fp16-cl", "bf16-compile"],
-            "train": ["official-fp32", "fp32", "bf16", "bf16-cl", "bf16-compile"],
+            "forward": ["official-fp32", "official-fp16", "fp32", "tf32", "bf16", "fp16", "bf16-cl", "fp16-cl"],
+            "sample": ["official-fp32", "official-fp16", "fp32", "fp16", "fp16-cl"],
+            "train": ["official-fp32", "fp32", "bf16", "bf16-cl"],
         }[task]
+        if config == "small":  # launch-bound on a GPU: fewer modes
+            modes = [m for m in modes if m in ("official-fp32", "official-fp16", "fp32", "fp16", "bf16")]
     else:
         modes = {
             "forward": ["official-fp32", "official-bf16", "fp32", "fp32-cl", "bf16", "bf16-cl",
@@ -116,13 +117,16 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def build_pair(config: str, device: torch.device, seed: int = 0, **overrides) -> tuple[nn.Module, nn.Module]:
-    """(diffusion model, classifier) of a configuration, random weights, eval mode, on `device`."""
-    model_name, clf_name = CONFIGS[config]
+def build_model(name: str, device: torch.device, seed: int = 0, **overrides) -> nn.Module:
+    """A preset's network with random weights, eval mode, built directly on `device`."""
     with torch.device(device):
-        model = randomize(presets.build(model_name, **overrides), seed).eval()
-        clf = randomize(presets.build(clf_name, **overrides), seed + 1).eval()
-    return model, clf
+        return randomize(presets.build(name, **overrides), seed).eval()
+
+
+def build_pair(config: str, device: torch.device, seed: int = 0, **overrides) -> tuple[nn.Module, nn.Module]:
+    """(diffusion model, classifier) of a configuration."""
+    model_name, clf_name = CONFIGS[config]
+    return build_model(model_name, device, seed, **overrides), build_model(clf_name, device, seed + 1, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +177,8 @@ class Variants:
             ok, why = compiler_available(self.device)
             if ok:
                 kw = {"mode": self.compile_mode} if self.compile_mode else {}
+                if self.device.type == "cpu":  # inference graphs get their weights prepacked for oneDNN
+                    kw["options"] = {"freezing": True}
                 self._compiled[mode.name] = torch.compile(m, **kw)
             else:
                 self.fallbacks[mode.name] = why

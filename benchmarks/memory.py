@@ -69,12 +69,12 @@ def _peak_rss_bytes(reset_ok: bool) -> int:
 def measure_in_process(config: str, variant: str, batch: int, device: torch.device) -> dict:
     """Build the network with the variant's settings, warm the optimiser up (its state exists from
     the first step on), then measure a second step."""
-    from common import MODES, Variants, build_pair
+    from common import CONFIGS, MODES, Variants, build_model
     from tasks import TrainStep
 
     official, ckpt, dtype = VARIANTS[variant]
     mode_name = ("official-" if official else "") + ("bf16" if dtype == "bf16" else "fp32")
-    model, _ = build_pair(config, device, use_checkpoint=ckpt)
+    model = build_model(CONFIGS[config][0], device, use_checkpoint=ckpt)
     mode = MODES[mode_name]
     step = TrainStep(Variants(model, device).module(mode), list(model.parameters()), mode, batch, device)
     model.train()

@@ -94,10 +94,10 @@ def print_header(meta: dict) -> None:
 def print_task(rows: list[dict], task: str, config: str, batch: int, device: torch.device) -> None:
     rows = [r for r in rows if r["task"] == task and r["config"] == config and r["batch"] == batch]
     title = {"forward": "UNet forward", "sample": "guided DDIM sampling (UNet + classifier gradient)",
-             "train": "training step (forward, backward, AdamW)"}[task]
+             "train": "training step (forward, backward, AdamW)", "compiled": "UNet forward, torch.compile"}[task]
     steps = f", {rows[0]['steps']} steps" if rows and rows[0].get("steps") else ""
     print(f"\n{config} | {title} | batch {batch}{steps}")
-    dev_col = {"forward": "rel.err", "sample": "Δ levels", "train": ""}[task]
+    dev_col = {"forward": "rel.err", "compiled": "rel.err", "sample": "Δ levels", "train": ""}[task]
     flop_col = "TFLOP/s (%peak)" if device.type == "cuda" else "GFLOP/s"
     print(f"  {'mode':<18}{'s/call':>10}{'img/s':>10}{'x official':>12}{'1st call s':>12}{flop_col:>18}{dev_col:>12}")
     for r in rows:
@@ -108,8 +108,8 @@ def print_task(rows: list[dict], task: str, config: str, batch: int, device: tor
             fl = f"{_fmt(r.get('tflops'), '.1f')} ({_fmt(100 * r['peak_fraction'] if r.get('peak_fraction') else None, '.0f')}%)"
         else:
             fl = _fmt(r["tflops"] * 1e3 if r.get("tflops") else None, ".1f")
-        dev = {"forward": _fmt(r.get("rel_error"), ".1e"), "sample": _fmt(r.get("mean_abs_levels"), ".2f"),
-               "train": ""}[task]
+        dev = {"forward": _fmt(r.get("rel_error"), ".1e"), "compiled": _fmt(r.get("rel_error"), ".1e"),
+               "sample": _fmt(r.get("mean_abs_levels"), ".2f"), "train": ""}[task]
         note = f"  [compile fell back: {r['fallback']}]" if r.get("fallback") else ""
         print(f"  {r['mode']:<18}{_fmt(r['seconds'], '.4g'):>10}{_fmt(r['images_per_s'], '.3g'):>10}"
               f"{_fmt(r['x_official'], '.2f'):>12}{_fmt(r['first_call_s'], '.3g'):>12}{fl:>18}{dev:>12}{note}",
@@ -150,6 +150,8 @@ def print_summary(rows: list[dict], memory: list[dict], profiles: dict, meta: di
         print(f"\n== profile: 64x64 forward, {name} (top ops by self time)")
         for op in table:
             print(f"  {op['name'][:56]:<58}{op['percent']:>6.1f}%{op['ms']:>10.2f} ms{op['calls']:>6}")
+    for f in meta.get("failures", []):
+        print(f"FAILED {f['what']}: {f['error']}")
     print(f"\ntotal {meta['seconds']:.0f} s" + (f"; skipped (budget): {', '.join(meta['skipped'])}" if meta["skipped"] else ""))
 
 

@@ -103,6 +103,7 @@ def test_run_writes_a_table_and_json_and_falls_back_without_a_compiler(tmp_path)
     assert r.returncode == 0, r.stderr
     assert "UNet forward" in r.stdout and "x official" in r.stdout
     data = json.loads(out.read_text())
+    assert data["meta"]["failures"] == []
     rows = {(row["task"], row["batch"], row["mode"]): row for row in data["rows"]}
     assert rows[("forward", 1, "fp32")]["rel_error"] == 0.0
     assert rows[("forward", 8, "official-fp32")]["rel_error"] < 1e-5

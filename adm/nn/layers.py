@@ -36,13 +36,17 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            if x.dtype == torch.float32 or x.device.type == "cpu":
-                return F.group_norm(x, self.num_groups, weight, bias, self.eps)
-            return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        # No autocast guard needed: autocast leaves group_norm alone on the CPU and keeps it in
+        # float32 on CUDA, which is what both branches ask for anyway.
+        if x.dtype == torch.float32 or x.device.type == "cpu":
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._norm(x, _float(self.weight), _float(self.bias))
+        w, b = self.weight, self.bias
+        if w.dtype != torch.float32:  # a network converted wholesale to low precision
+            w, b = w.float(), b.float()
+        return self._norm(x, w, b)
 
     def modulate(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """AdaGN (paper section 3): GroupNorm(x) * (1 + scale) + shift, scale / shift [N, C, 1, 1].
@@ -50,14 +54,13 @@ class GroupNorm32(nn.GroupNorm):
         The norm's own affine is folded into the per-sample one, so that the normalised tensor is
         read and written once more (addcmul) instead of three times (affine, multiply, add).
         """
-        s = 1 + scale.float()
-        weight = (self.weight.float()[:, None, None] * s).to(x.dtype)                  # [N, C, 1, 1]
-        bias = (self.bias.float()[:, None, None] * s + shift.float()).to(x.dtype)      # [N, C, 1, 1]
+        w, b = self.weight[:, None, None], self.bias[:, None, None]  # [C, 1, 1]
+        if x.dtype == w.dtype == scale.dtype == shift.dtype:
+            s = 1 + scale
+            return torch.addcmul(torch.addcmul(shift, b, s), self._norm(x, None, None), w * s)
+        s = 1 + scale.float()  # low precision: fold in float32, round the [N, C, 1, 1] results once
+        weight, bias = (w.float() * s).to(x.dtype), torch.addcmul(shift.float(), b.float(), s).to(x.dtype)
         return torch.addcmul(bias, self._norm(x, None, None), weight)
-
-
-def _float(p: torch.Tensor | None) -> torch.Tensor | None:
-    return p.float() if p is not None else None
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -178,18 +181,19 @@ class ResBlock(Checkpointed):
     def _forward(self, x: torch.Tensor, emb: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if skip is not None:  # decoder blocks: [h, skip] along channels, as the original UNet.forward
             x = torch.cat([x, skip], dim=1)
+        in_norm, in_act, in_conv = self.in_layers
+        h = in_act(in_norm(x))
         if self.updown:  # resample between the norm/activation and the convolution
-            h = self.in_layers[:-1](x)
-            h = self.in_layers[-1](self.h_upd(h))
-            x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
+            h, x = self.h_upd(h), self.x_upd(x)
+        h = in_conv(h)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]  # [N, C or 2C, 1, 1]
+        out_norm, out_act, dropout, out_conv = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[1:](self.out_layers[0].modulate(h, scale, shift))
+            h = out_norm.modulate(h, scale, shift)
         else:
-            h = self.out_layers(h + emb_out)
+            h = out_norm(h + emb_out)
+        h = out_conv(dropout(out_act(h)))
         out = self.skip_connection(x) + h
         return out * (1 / math.sqrt(2)) if self.rescale else out
 
