@@ -177,8 +177,8 @@ class Variants:
             ok, why = compiler_available(self.device)
             if ok:
                 kw = {"mode": self.compile_mode} if self.compile_mode else {}
-                if self.device.type == "cpu":  # inference graphs get their weights prepacked for oneDNN
-                    kw["options"] = {"freezing": True}
+                if self.device.type == "cpu" and not kw:  # inference graphs: weights prepacked for oneDNN
+                    kw["options"] = {"freezing": True}  # (torch.compile takes a mode or options, not both)
                 self._compiled[mode.name] = torch.compile(m, **kw)
             else:
                 self.fallbacks[mode.name] = why
