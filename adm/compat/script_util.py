@@ -139,16 +139,13 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def unet_config_from_flags(flags: dict) -> ADMConfig:
-    f = _fill(flags, model_and_diffusion_defaults())
-    size = int(f["image_size"])
-    return ADMConfig(
-        image_size=size,
+def _unet_fields(f: dict) -> dict:
+    """The config fields that the diffusion UNet and the super-resolution UNet read the same way."""
+    return dict(
         in_channels=3,
         model_channels=int(f["num_channels"]),
         num_res_blocks=int(f["num_res_blocks"]),
         attention_resolutions=_ints(f["attention_resolutions"]),
-        channel_mult=_mult(f["channel_mult"], size),
         dropout=float(f["dropout"]),
         num_classes=int(f["num_classes"]) if f["class_cond"] else 0,
         num_heads=int(f["num_heads"]),
@@ -156,9 +153,19 @@ def unet_config_from_flags(flags: dict) -> ADMConfig:
         num_heads_upsample=int(f["num_heads_upsample"]),
         use_scale_shift_norm=bool(f["use_scale_shift_norm"]),
         resblock_updown=bool(f["resblock_updown"]),
-        use_new_attention_order=bool(f["use_new_attention_order"]),
         use_checkpoint=bool(f["use_checkpoint"]),
         diffusion=_diffusion(f),
+    )
+
+
+def unet_config_from_flags(flags: dict) -> ADMConfig:
+    f = _fill(flags, model_and_diffusion_defaults())
+    size = int(f["image_size"])
+    return ADMConfig(
+        image_size=size,
+        channel_mult=_mult(f["channel_mult"], size),
+        use_new_attention_order=bool(f["use_new_attention_order"]),
+        **_unet_fields(f),
     )
 
 
@@ -167,24 +174,9 @@ def sr_config_from_flags(flags: dict) -> ADMUConfig:
     large = int(f["large_size"])
     if large not in (64, 256, 512):
         raise ConfigError(f"unsupported large_size {large} for the super-resolution model (64, 256 or 512)")
-    return ADMUConfig(
-        image_size=large,
-        small_size=int(f["small_size"]),
-        in_channels=3,
-        model_channels=int(f["num_channels"]),
-        num_res_blocks=int(f["num_res_blocks"]),
-        attention_resolutions=_ints(f["attention_resolutions"]),
-        channel_mult=(1, 1, 2, 2, 4, 4) if large in (256, 512) else (1, 2, 3, 4),
-        dropout=float(f["dropout"]),
-        num_classes=int(f["num_classes"]) if f["class_cond"] else 0,
-        num_heads=int(f["num_heads"]),
-        num_head_channels=int(f["num_head_channels"]),
-        num_heads_upsample=int(f["num_heads_upsample"]),
-        use_scale_shift_norm=bool(f["use_scale_shift_norm"]),
-        resblock_updown=bool(f["resblock_updown"]),
-        use_checkpoint=bool(f["use_checkpoint"]),
-        diffusion=_diffusion(f),
-    )
+    # guided-diffusion's sr_create_model: these multipliers, and the legacy attention order
+    channel_mult = (1, 1, 2, 2, 4, 4) if large in (256, 512) else (1, 2, 3, 4)
+    return ADMUConfig(image_size=large, small_size=int(f["small_size"]), channel_mult=channel_mult, **_unet_fields(f))
 
 
 def classifier_config_from_flags(flags: dict) -> ClassifierConfig:
