@@ -295,7 +295,33 @@ def _shipped() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _shipped(), reason="the demo weights are not shipped in adm/weights yet")
+def test_demo_as_the_readme_runs_it(tmp_path):
+    """`make demo` runs `python -m adm demo` (in its working directory): 40 labelled images, a grid, and
+    the guided samples are of the asked class according to the shipped classifier at low noise."""
+    assert _shipped(), "the demo weights must ship in adm/weights"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "adm", "demo"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "adm-demo"
+    assert "40 images (10 classes x scales 0, 1, 2, 4" in proc.stdout and "adm-demo/grid.png" in proc.stdout
+    from PIL import Image
+
+    images = {p.name: np.asarray(Image.open(p)) for p in (out / "images").glob("*.png")}
+    assert len(images) == 40
+    import torch
+
+    from adm import presets
+
+    clf = presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True).eval()
+    names = sorted(n for n in images if n.endswith("_scale4.png"))
+    x = torch.stack([torch.from_numpy(images[n]).float().reshape(32, 32, -1)[..., :1].permute(2, 0, 1) for n in names])
+    with torch.no_grad():
+        pred = clf(x / 127.5 - 1, torch.zeros(len(x), dtype=torch.long)).argmax(-1).tolist()
+    asked = [int(n.split("_")[0].removeprefix("class")) for n in names]
+    assert sum(p == a for p, a in zip(pred, asked)) >= 8, (pred, asked)
+
+
 def test_shipped_demo_models(tmp_path):
     proc = adm("demo", "--steps", "2", "--scales", "0,2", "--out", str(tmp_path / "demo"), "--no-progress")
     assert "20 images (10 classes" in proc.stdout and (tmp_path / "demo" / "grid.png").is_file()
