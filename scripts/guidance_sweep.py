@@ -1,0 +1,170 @@
+"""The paper's guidance trade-off on Fashion-MNIST: sample with several classifier scales and samplers.
+
+    python3 scripts/guidance_sweep.py sample --out sweep.npz [--num 2000] [--device cuda]
+    python3 scripts/guidance_sweep.py clean-classifier --out clean_clf.pt [--device cuda]
+    python3 scripts/guidance_sweep.py evaluate sweep.npz --clean clean_clf.pt --json docs/guidance.json
+
+`sample` draws the same seeds (0..N-1, label = seed mod 10) for every configuration and stores
+uint8 NHWC arrays; `evaluate` computes FID / sFID / precision / recall against the Fashion-MNIST
+test set and the accuracy of an independently trained clean classifier on the samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import adm
+from adm import presets
+
+SCALES = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def configurations() -> list[dict]:
+    """Name, sampler, steps and guidance of each run of the sweep."""
+    runs = [dict(name=f"ddim25_s{s:g}", sampler="ddim", steps=25, scale=s) for s in SCALES]
+    runs.append(dict(name="ddpm250_s0", sampler="ddpm", steps=250, scale=0.0))
+    runs.append(dict(name="ddpm250_s2", sampler="ddpm", steps=250, scale=2.0))
+    runs.append(dict(name="dpmpp2m10_s2", sampler="dpmpp2m", steps=10, scale=2.0))
+    runs.append(dict(name="ddim10_s2", sampler="ddim", steps=10, scale=2.0))
+    runs.append(dict(name="ddim25_cfg1.5", sampler="ddim", steps=25, scale=1.5, cfg=True))
+    runs.append(dict(name="ddim25_cfg3", sampler="ddim", steps=25, scale=3.0, cfg=True))
+    return runs
+
+
+def cmd_sample(args) -> None:
+    dev = torch.device(args.device)
+    model = (adm.ADM.from_pretrained(args.model) if args.model
+             else presets.build("ADM_demo_fashion_mnist", pretrained=True)).to(dev).eval()
+    clf = (adm.ADM_classifier.from_pretrained(args.classifier) if args.classifier
+           else presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True)).to(dev).eval()
+    seeds = list(range(args.num))
+    labels = torch.tensor([s % 10 for s in seeds])
+    out, timing = {}, {}
+    for run in configurations():
+        if args.only and run["name"] not in args.only.split(","):
+            continue
+        t0 = time.time()
+        # classifier=None with a scale means classifier-free guidance; scale 0 with the classifier is unguided.
+        guided = adm.ADM_G(model, None if run.get("cfg") else clf, scale=run["scale"])
+        chunks = []
+        for i in range(0, args.num, args.batch_size):
+            x = guided.sample(labels[i:i + args.batch_size].to(dev), steps=run["steps"], sampler=run["sampler"],
+                              seed=seeds[i:i + args.batch_size], progress=False)
+            chunks.append(adm.guided.to_uint8(x).cpu().numpy())
+        out[f"{run['name']}_images"] = np.concatenate(chunks)
+        out[f"{run['name']}_labels"] = labels.numpy()
+        timing[run["name"]] = time.time() - t0
+        print(f"{run['name']}: {args.num} images in {timing[run['name']]:.1f} s", flush=True)
+    np.savez_compressed(args.out, **out, timing=json.dumps(timing))
+
+
+class CleanCNN(nn.Module):
+    """A plain CNN classifier of clean 32x32 grey images (the accuracy judge, trained independently)."""
+
+    def __init__(self):
+        super().__init__()
+        c = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+        self.net = nn.Sequential(c(1, 32), c(32, 32), nn.MaxPool2d(2), c(32, 64), c(64, 64), nn.MaxPool2d(2),
+                                 c(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _fmnist_tensor(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from adm.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", 32, split=split)
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def cmd_clean_classifier(args) -> None:
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    x, y = _fmnist_tensor("train")
+    xt, yt = _fmnist_tensor("test")
+    x, y, xt, yt = x.to(dev), y.to(dev), xt.to(dev), yt.to(dev)
+    net = CleanCNN().to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = args.epochs * (len(x) // 256)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in range(steps):
+        idx = torch.randint(0, len(x), (256,), device=dev)
+        xb = x[idx]
+        xb = torch.where(torch.rand(len(xb), 1, 1, 1, device=dev) < 0.5, xb.flip(-1), xb)
+        loss = nn.functional.cross_entropy(net(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    with torch.no_grad():
+        acc = sum((net(xt[i:i + 1000]).argmax(-1) == yt[i:i + 1000]).sum().item() for i in range(0, len(xt), 1000))
+    print(f"clean classifier test accuracy: {acc / len(xt):.4f}")
+    torch.save({"state_dict": net.state_dict(), "test_accuracy": acc / len(xt)}, args.out)
+
+
+def cmd_evaluate(args) -> None:
+    from adm import eval as ev
+
+    data = np.load(args.sweep)
+    names = [k[: -len("_images")] for k in data.files if k.endswith("_images")]
+    clean = CleanCNN()
+    ck = torch.load(args.clean, weights_only=True)
+    clean.load_state_dict(ck["state_dict"])
+    clean.eval()
+    results = {"reference": "Fashion-MNIST test set (10,000 images, padded to 32x32)", "features": args.features,
+               "clean_classifier_test_accuracy": ck["test_accuracy"], "runs": {}}
+    if Path(args.json).exists():
+        results["runs"] = json.loads(Path(args.json).read_text()).get("runs", {})
+    ref = ev.open_fashion_mnist("test")
+    for name in names:
+        if name in results["runs"]:
+            continue
+        imgs, labels = data[f"{name}_images"], data[f"{name}_labels"]
+        with torch.no_grad():
+            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+            acc = float((clean(x).argmax(-1).numpy() == labels).mean())
+        r = ev.evaluate(ref, ev.from_array(imgs, name), features=args.features, device=args.device,
+                        batch_size=100, progress=False)
+        row = {"num": int(len(imgs)), "fid": r.fid, "sfid": r.sfid, "precision": r.precision, "recall": r.recall,
+               "clean_accuracy": acc}
+        results["runs"][name] = row
+        print(name, json.dumps(row), flush=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample")
+    s.add_argument("--out", required=True)
+    s.add_argument("--num", type=int, default=2000)
+    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--model", default=None, help="model directory (default: the shipped demo model)")
+    s.add_argument("--classifier", default=None)
+    s.add_argument("--only", default="", help="comma-separated run names")
+    c = sub.add_parser("clean-classifier")
+    c.add_argument("--out", required=True)
+    c.add_argument("--epochs", type=int, default=8)
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e = sub.add_parser("evaluate")
+    e.add_argument("sweep")
+    e.add_argument("--clean", required=True)
+    e.add_argument("--json", required=True)
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--features", default="inception", help="inception (the paper's) or tiny (fast, for tests)")
+    args = p.parse_args()
+    {"sample": cmd_sample, "clean-classifier": cmd_clean_classifier, "evaluate": cmd_evaluate}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
