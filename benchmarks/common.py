@@ -78,8 +78,8 @@ def default_modes(device: torch.device, config: str, task: str) -> list[str]:
         modes = {
             "forward": ["official-fp32", "official-bf16", "fp32", "fp32-cl", "bf16", "bf16-cl",
                         "fp32-compile", "bf16-compile"],
-            "sample": ["official-fp32", "official-bf16", "fp32", "bf16", "bf16-compile"],
-            "train": ["official-fp32", "official-bf16", "fp32", "bf16", "bf16-compile"],
+            "sample": ["official-fp32", "official-bf16", "fp32", "bf16", "bf16-cl", "bf16-compile"],
+            "train": ["official-fp32", "official-bf16", "fp32", "bf16", "bf16-cl", "bf16-compile"],
         }[task]
         # Inductor needs minutes per graph on 2 CPU cores (and again for each new batch size):
         # compiled modes are opt-in on the CPU (--modes), see BENCHMARKS.md for their figures.
@@ -179,7 +179,8 @@ class Variants:
                 kw = {"mode": self.compile_mode} if self.compile_mode else {}
                 if self.device.type == "cpu" and not kw:  # inference graphs: weights prepacked for oneDNN
                     kw["options"] = {"freezing": True}  # (torch.compile takes a mode or options, not both)
-                self._compiled[mode.name] = torch.compile(m, **kw)
+                # Static shapes: each batch size gets its own specialised graph (a new compile).
+                self._compiled[mode.name] = torch.compile(m, dynamic=False, **kw)
             else:
                 self.fallbacks[mode.name] = why
                 self._compiled[mode.name] = m

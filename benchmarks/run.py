@@ -1,6 +1,6 @@
 """adm benchmarks: UNet forward, classifier-guided DDIM sampling, training step, peak memory.
 
-    python3 benchmarks/run.py                     # CPU, small config and the 64x64 preset (a few minutes)
+    python3 benchmarks/run.py                     # CPU, small config and the 64x64 preset (minutes)
     python3 benchmarks/run.py --quick             # small config only, few repetitions
     python3 benchmarks/run.py --device cuda       # < 2 minutes on an H100
     python3 benchmarks/run.py --only forward,sample --json out.json
@@ -60,7 +60,7 @@ def plan_for(config: str, device: torch.device, quick: bool, reps: int | None) -
                            compiled=["official-fp32", "official-fp16", "fp16-cl", "fp16-cl-compile"])}[config]
     else:
         p = {"small": Plan([1, 8], [5, 5], 4, 10, 3, 8, 3, 8),
-             "64x64": Plan([1, 8], [3, 1], 1, 2, 2, 1, 2, 1)}[config]
+             "64x64": Plan([1, 8], [3, 2], 1, 2, 2, 1, 3, 1)}[config]
     if quick:
         p.forward_reps = [3 for _ in p.forward_batches]
         p.sample_reps, p.train_reps = 2, 2
@@ -150,6 +150,7 @@ class Runner:
     def run_config(self, config: str) -> None:
         args, dev = self.args, self.device
         plan = plan_for(config, dev, args.quick, args.reps)
+        plan.sample_steps = args.steps or plan.sample_steps
         t0 = time.perf_counter()
         model, clf = build_pair(config, dev)
         print(f"\n== {config}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter UNet, "
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configs", default=None, help="comma-separated: small, 64x64 (default: both; --quick: small)")
     p.add_argument("--modes", default=None, help="comma-separated modes instead of the defaults: " + ", ".join(MODES))
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps of the sampling table")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compile-mode", default=None, help='torch.compile mode, e.g. "max-autotune-no-cudagraphs"')
     p.add_argument("--budget", type=float, default=None,
@@ -274,6 +276,11 @@ def main(argv: list[str] | None = None) -> None:
             "peaks_tflops": {k: v / 1e12 for k, v in runner.peaks.items()}, "argv": sys.argv[1:],
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     report.print_header(meta)
+    load = meta["load_average"][0] if meta["load_average"] else 0.0
+    if device.type == "cpu" and torch.get_num_threads() > 1 and load > (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: with {torch.get_num_threads()} threads "
+              "each parallel operator waits for descheduled OpenMP workers and timings swing by 10x or more; "
+              "--threads 1 measures the same ratios reliably")
     try:
         for config in configs:
             runner.guarded(f"{config}", runner.run_config, config)
