@@ -315,7 +315,7 @@ def test_demo_as_the_readme_runs_it(tmp_path):
 
     clf = presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True).eval()
     names = sorted(n for n in images if n.endswith("_scale4.png"))
-    x = torch.stack([torch.from_numpy(images[n]).float().reshape(32, 32, -1)[..., :1].permute(2, 0, 1) for n in names])
+    x = torch.stack([torch.from_numpy(images[n].copy()).float().reshape(32, 32, -1)[..., :1].permute(2, 0, 1) for n in names])
     with torch.no_grad():
         pred = clf(x / 127.5 - 1, torch.zeros(len(x), dtype=torch.long)).argmax(-1).tolist()
     asked = [int(n.split("_")[0].removeprefix("class")) for n in names]
