@@ -62,12 +62,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if state.cut_next is not None:
             payload, state.cut_next = payload[: state.cut_next], None
+        # Counted before sending: the client may return before this thread runs again.
+        state.served.append(len(payload))
         try:
             self.wfile.write(payload)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            payload = b""
-        state.served.append(len(payload))
+            state.served[-1] = 0
 
     def log_message(self, *args) -> None:
         """Keep test output quiet."""
