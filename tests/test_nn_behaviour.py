@@ -227,3 +227,12 @@ def test_convert_checkpoint_recognises_and_round_trips(tmp_path, load_golden):
     with torch.no_grad():
         o = m(i["x"], i["t"], low_res=i["low_res"], y=i["y"])
     assert (o - d["outputs"]["out"]).abs().max() <= 1e-4
+
+
+def test_compat_factory_builds_on_the_meta_device():
+    """Shape inspection of a full-size model allocates nothing; the schedule stays on the CPU."""
+    from adm.compat import create_model_and_diffusion, model_and_diffusion_defaults
+
+    with torch.device("meta"):
+        model, diffusion = create_model_and_diffusion(**{**model_and_diffusion_defaults(), "image_size": 64})
+    assert model.input_blocks[0][0].weight.is_meta and diffusion.num_timesteps == 1000

@@ -21,7 +21,7 @@ def make_betas(schedule: str, steps: int) -> torch.Tensor:
     if schedule == "linear":
         # Ho et al.'s 1e-4 .. 0.02 for T=1000, scaled so that any T gives a similar process.
         scale = 1000 / steps
-        return torch.linspace(scale * 0.0001, scale * 0.02, steps, dtype=torch.float64)
+        return torch.linspace(scale * 0.0001, scale * 0.02, steps, dtype=torch.float64, device="cpu")
     if schedule == "cosine":
         return betas_for_alpha_bar(steps, lambda s: torch.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
     raise ConfigError(f"unknown noise schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
@@ -29,7 +29,7 @@ def make_betas(schedule: str, steps: int) -> torch.Tensor:
 
 def betas_for_alpha_bar(steps: int, alpha_bar, max_beta: float = 0.999) -> torch.Tensor:
     """Betas that discretise a continuous alpha_bar(s), s in [0, 1] (Nichol & Dhariwal 2021, eq. 17)."""
-    s = torch.arange(steps + 1, dtype=torch.float64) / steps
+    s = torch.arange(steps + 1, dtype=torch.float64, device="cpu") / steps
     ab = alpha_bar(s)
     # Clipped at 0.999 to prevent the singularity at s = 1.
     return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
@@ -131,7 +131,7 @@ class Schedule:
     def from_betas(cls, betas: torch.Tensor, timestep_map: torch.Tensor | None = None,
                    original_num_steps: int | None = None) -> "Schedule":
         """All tables from a [N] vector of betas (Ho et al. 2020 section 2)."""
-        b = torch.as_tensor(betas, dtype=torch.float64)
+        b = torch.as_tensor(betas, dtype=torch.float64, device="cpu")
         if b.ndim != 1 or not bool(((b > 0) & (b <= 1)).all()):
             raise ConfigError("betas must be a 1-D vector with values in (0, 1]")
         n = b.shape[0]
@@ -140,7 +140,7 @@ class Schedule:
         ac_next = torch.cat([ac[1:], ac.new_zeros(1)])
         post_var = b * (1.0 - ac_prev) / (1.0 - ac)
         post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if n > 1 else torch.log(b)  # 1 step: no beta-tilde_1
-        tmap = torch.arange(n) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.int64)
+        tmap = torch.arange(n, device="cpu") if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.int64, device="cpu")
         return cls(
             betas=b,
             alphas_cumprod=ac,
