@@ -8,14 +8,6 @@ from adm.compat import sr_create_model_and_diffusion
 from adm.diffusion import Schedule, space_timesteps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait for each other
-    made these small convolutions 40x slower (45 ms -> 1.8 s per forward)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

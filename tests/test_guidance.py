@@ -10,14 +10,6 @@ from adm.nn import ADM, ADM_U, ADM_classifier, ADMConfig, ADMUConfig, Classifier
 from adm.sampling import SAMPLERS, classifier_free_guidance, classifier_guidance, sample_ddim, sample_ddpm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait for each other
-    made these small convolutions 40x slower (45 ms -> 1.8 s per forward)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 DIFF = DiffusionConfig(steps=100, noise_schedule="cosine", learn_sigma=True)
 NET = dict(image_size=8, model_channels=32, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 2))

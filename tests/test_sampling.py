@@ -18,14 +18,6 @@ from adm.sampling import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait for each other
-    made these small convolutions 40x slower (45 ms -> 1.8 s per forward)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 S = 0.5  # the toy data: x_0 ~ N(0, S^2 I)

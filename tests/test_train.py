@@ -23,13 +23,6 @@ TINY = ["--image-size", "8", "--set", "model_channels=32", "--set", "channel_mul
 RUN = ["--batch-size", "8", "--log-every", "2", "--sample-steps", "2", "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tests share two cores with other work, and oversubscribed threads crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_npz(path, n=32, size=8, classes=3, channels=1, seed=0):

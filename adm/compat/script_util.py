@@ -212,15 +212,20 @@ def _diffusion_obj(cfg: DiffusionConfig):
     return diffusion_from_config(cfg)
 
 
+def _build(cls, cfg, use_fp16: bool):
+    """The network of `cfg`, with guided-diffusion's fp16 body when the flags ask for it."""
+    model = cls(cfg)
+    if use_fp16:
+        model.convert_to_fp16()
+    return model
+
+
 def create_model_and_diffusion(**flags):
     """(ADM, diffusion) from model_and_diffusion_defaults()-style keywords."""
     from adm.nn.unet import ADM
 
     cfg = unet_config_from_flags(flags)
-    model = ADM(cfg)
-    if flags.get("use_fp16"):
-        model.convert_to_fp16()
-    return model, _diffusion_obj(cfg.diffusion)
+    return _build(ADM, cfg, flags.get("use_fp16", False)), _diffusion_obj(cfg.diffusion)
 
 
 def create_model(**flags):
@@ -232,11 +237,7 @@ def create_classifier(**flags):
     """ADM_classifier from classifier_defaults()-style keywords (diffusion flags are recorded)."""
     from adm.nn.classifier import ADM_classifier
 
-    cfg = classifier_config_from_flags(flags)
-    model = ADM_classifier(cfg)
-    if flags.get("classifier_use_fp16"):
-        model.convert_to_fp16()
-    return model
+    return _build(ADM_classifier, classifier_config_from_flags(flags), flags.get("classifier_use_fp16", False))
 
 
 def create_classifier_and_diffusion(**flags):
@@ -249,10 +250,7 @@ def sr_create_model_and_diffusion(**flags):
     from adm.nn.unet import ADM_U
 
     cfg = sr_config_from_flags(flags)
-    model = ADM_U(cfg)
-    if flags.get("use_fp16"):
-        model.convert_to_fp16()
-    return model, _diffusion_obj(cfg.diffusion)
+    return _build(ADM_U, cfg, flags.get("use_fp16", False)), _diffusion_obj(cfg.diffusion)
 
 
 def create_gaussian_diffusion(**kw):
