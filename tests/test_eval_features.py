@@ -150,5 +150,7 @@ def _check_real_inception(path):
     assert f.pool.shape == (2, 2048) and f.spatial.shape == (2, 2023) and f.probs is None
     with torch.no_grad():
         full = torch.jit.load(str(path)).eval()(inception_preprocess(imgs))
-    torch.testing.assert_close(f.pool, full, rtol=0, atol=0)
+    # The same network in channels-last layout: convolution sums in another order, float32 rounding only.
+    torch.testing.assert_close(f.pool, full, rtol=1e-5, atol=1e-5)
+    assert ((f.pool - full).norm() / full.norm()).item() < 1e-5
     assert (f.pool >= 0).all() and (f.spatial >= 0).all()  # both are after a ReLU / average of ReLUs

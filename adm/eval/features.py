@@ -83,6 +83,8 @@ class InceptionFeatures:
         names = [n for n, _ in layers.named_children()] if layers is not None else []
         if "mixed_6" not in names or "pool2" not in names:
             raise AdmError(f"{self.path} is not the FID Inception-v3 TorchScript (no layers.mixed_6 / layers.pool2)")
+        # channels-last: oneDNN's fast convolution layout on CPU (1.2x here, same numbers to 1e-6), fine on CUDA.
+        layers.to(memory_format=torch.channels_last)
         self.layers = list(layers.named_children())
         # The evaluator's IS: softmax(pool_3 @ W) with the 'softmax/logits' weights and no bias.
         weights = [v for k, v in module.state_dict().items() if k.endswith("output.weight") and v.shape == (1008, 2048)]
@@ -94,7 +96,7 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor) -> Features:
         """Features of uint8 [N x H x W x C] images (any size: resized to 299 as the TF graph did)."""
         with _full_fp32(), torch.jit.optimized_execution(False):  # no re-profiling per batch size
-            x = inception_preprocess(images.to(self.device))
+            x = inception_preprocess(images.to(self.device)).contiguous(memory_format=torch.channels_last)
             spatial = None
             for name, layer in self.layers:
                 if name == "mixed_6":
