@@ -11,6 +11,7 @@ from adm.diffusion.config import DiffusionConfig
 from adm.diffusion.process import Diffusion
 from adm.diffusion.schedule import space_timesteps
 from adm.errors import ConfigError
+from adm.nn.compiling import CompiledWithFallback
 from adm.sampling import SAMPLERS, get_sampler
 from adm.sampling.guidance import classifier_free_guidance, classifier_guidance
 from adm.sampling.model import Callback, CondFn, ModelFn
@@ -136,11 +137,16 @@ class ADM_G(nn.Module):
 
     to_uint8 = staticmethod(to_uint8)
 
-    def __init__(self, diffusion_model: nn.Module, classifier: nn.Module | None = None, scale: float = 1.0):
+    def __init__(self, diffusion_model: nn.Module, classifier: nn.Module | None = None, scale: float = 1.0,
+                 compile: bool | str | Callable = False):
+        """compile: torch.compile the model and classifier for sampling (True: the default backend, or a
+        torch.compile backend such as "aot_eager"); if the compiler fails they run eagerly after a warning."""
         super().__init__()
         self.model = diffusion_model
         self.classifier = classifier
         self.scale = self._check_scale(scale)
+        self.compile = compile
+        self._compiled: dict[int, CompiledWithFallback] = {}
         model_classes = self.model.config.num_classes
         if classifier is not None:
             clf_classes = classifier.config.num_classes
@@ -160,6 +166,16 @@ class ADM_G(nn.Module):
         if not scale >= 0:
             raise ConfigError(f"the guidance scale must be >= 0, got {scale}")
         return scale
+
+    def _maybe_compiled(self, module: nn.Module):
+        """`module`, or its compiled wrapper (made once per module) when compile is on."""
+        if not self.compile:
+            return module
+        wrapped = self._compiled.get(id(module))
+        if wrapped is None or wrapped.module is not module:
+            kwargs = {} if self.compile is True else {"backend": self.compile}
+            wrapped = self._compiled[id(module)] = CompiledWithFallback(module, **kwargs)
+        return wrapped
 
     @property
     def null_label(self) -> int | None:
@@ -206,15 +222,17 @@ class ADM_G(nn.Module):
         if y is not None:
             y = y.to(device)
 
-        model_fn: ModelFn = self.model
+        model_fn: ModelFn = self._maybe_compiled(self.model)
         cond_fn_for = None
         if self.classifier is not None and scale > 0:
+            classifier = self._maybe_compiled(self.classifier)
+
             def cond_fn_for(part: slice) -> CondFn:
-                return classifier_guidance(self.classifier, scale, labels=y[part])
+                return classifier_guidance(classifier, scale, labels=y[part])
         elif self.classifier is None and scale != 1.0:
             if self.null_label is None:
                 raise ConfigError("classifier-free guidance needs a model trained with label dropout (null_class)")
-            model_fn = classifier_free_guidance(self.model, scale, self.null_label)
+            model_fn = classifier_free_guidance(model_fn, scale, self.null_label)
         model_kwargs = {"y": y} if cfg.num_classes else {}
         return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),
                         sampler=sampler, steps=steps, seed=seed, model_kwargs=model_kwargs,

@@ -110,6 +110,8 @@ def register(subparsers) -> None:
     g.add_argument("--grid", type=int, default=64, help="images in grid.png (default 64, 0: no grid)")
     g.add_argument("--overwrite", action="store_true", help="remake images already in --out (default: skip them)")
     add_runtime_args(p)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model and classifier (eager after a warning if the compiler fails)")
     p.set_defaults(func=run_sample)
 
 
@@ -309,7 +311,7 @@ def run_sample(args: argparse.Namespace) -> int:
         classifier = load_classifier(args, base, clf_flags, device)
         up = load_upsampler(args, base, up_flags, device)
         scale = guidance_scale(args, base, classifier)
-        guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale)
+        guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale, compile=args.compile)
         labels = parse_labels(args.labels, seeds, guided.num_classes, "the classifier" if classifier else "the model")
         plan = sampling_plan(args, base, classifier, up, scale, labels)
         label_of = dict(zip(seeds, labels if labels is not None else [None] * len(seeds)))

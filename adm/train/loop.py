@@ -21,6 +21,7 @@ from torch import nn
 
 from adm.diffusion.process import Diffusion
 from adm.errors import AdmError, CheckpointError, ConfigError, DataError
+from adm.nn.compiling import compile_with_fallback
 from adm.nn.pretrained import atomic_write_bytes
 from adm.train import checkpoint as ckpt
 from adm.train.config import TrainConfig, config_differences, read_run_config
@@ -203,7 +204,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progr
 
         train_model = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:  # fewer kernel launches and no Python per layer: small models stop being CPU-bound
-        train_model = torch.compile(train_model)
+        train_model = compile_with_fallback(train_model)  # eager after a warning where no compiler works
 
     # -- accumulators (on the device: read only every log_every steps) ------------------------------
     n_stats = 1 + len(objective.stat_names)
