@@ -165,12 +165,21 @@ def cmd_evaluate(args) -> None:
     if Path(args.json).exists():
         results["runs"] = json.loads(Path(args.json).read_text()).get("runs", {})
     ref = ev.open_fashion_mnist("test")
+    items = []
     for f in files:
-        name = f.stem
+        data = np.load(f)
+        meta = json.loads(str(data["meta"]))
+        items.append((f.stem, data["images"], data["labels"], meta))
+    # The 250-step DDPM runs have fewer images: compare them with DDIM-25 on the same first seeds.
+    by_name = {name: (imgs, labels, meta) for name, imgs, labels, meta in items}
+    for name, imgs, _, meta in list(items):
+        twin = by_name.get(f"ddim25_s{meta['scale']:g}")
+        if meta.get("ddpm") and twin is not None and len(twin[0]) > len(imgs):
+            n = len(imgs)
+            items.append((f"ddim25_s{meta['scale']:g}_first{n}", twin[0][:n], twin[1][:n], {**twin[2], "num": n}))
+    for name, imgs, labels, meta in items:
         if name in results["runs"]:
             continue
-        data = np.load(f)
-        imgs, labels, meta = data["images"], data["labels"], json.loads(str(data["meta"]))
         with torch.no_grad():
             x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
             acc = float((clean(x).argmax(-1).numpy() == labels).mean())
@@ -182,6 +191,63 @@ def cmd_evaluate(args) -> None:
         results["runs"][name] = row
         print(name, json.dumps(row), flush=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _panel(draw, box, xs_labels, series, title, font):
+    """One line chart in box = (left, top, right, bottom): series {name: (colour, [y per x])}, x categorical."""
+    from PIL import ImageDraw  # noqa: F401 - draw is an ImageDraw
+
+    left, top, right, bottom = box
+    values = [v for _, ys in series.values() for v in ys if v is not None]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.08 or 0.05
+    lo, hi = lo - pad, hi + pad
+    px = lambda i: left + (i + 0.5) / len(xs_labels) * (right - left)
+    py = lambda v: bottom - (v - lo) / (hi - lo) * (bottom - top)
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text((left, top - 16), title, fill="black", font=font)
+    for k in range(5):
+        v = lo + (hi - lo) * k / 4
+        draw.text((left - 44, py(v) - 6), f"{v:.3g}", fill="black", font=font)
+    for i, label in enumerate(xs_labels):
+        draw.text((px(i) - 8, bottom + 6), label, fill="black", font=font)
+    for j, (name, (colour, ys)) in enumerate(series.items()):
+        pts = [(px(i), py(v)) for i, v in enumerate(ys) if v is not None]
+        draw.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.text((right - 110, top + 6 + 14 * j), name, fill=colour, font=font)
+
+
+def cmd_report(args) -> None:
+    """The scale sweep as a PNG (FID/sFID, precision/recall/accuracy against the scale) and markdown tables."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    res = json.loads(Path(args.json).read_text())
+    runs = res["runs"]
+    sweep = [(s, runs.get(f"ddim25_s{s:g}")) for s in SCALES]
+    sweep = [(s, r) for s, r in sweep if r is not None]
+    labels = [f"{s:g}" for s, _ in sweep]
+    img = Image.new("RGB", (960, 400), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    blue, orange, green, red = (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)
+    _panel(d, (60, 40, 450, 350), labels, {"FID": (blue, [r["fid"] for _, r in sweep]),
+                                           "sFID": (orange, [r["sfid"] for _, r in sweep])},
+           "FID / sFID (lower is better)", font)
+    _panel(d, (540, 40, 930, 350), labels, {"precision": (green, [r["precision"] for _, r in sweep]),
+                                            "recall": (red, [r["recall"] for _, r in sweep]),
+                                            "clean accuracy": (blue, [r["clean_accuracy"] for _, r in sweep])},
+           "precision / recall / accuracy", font)
+    d.text((380, 375), "classifier scale s (DDIM, 25 steps)", fill="black", font=font)
+    img.save(args.plot)
+    cols = ("fid", "sfid", "precision", "recall", "clean_accuracy")
+    print("| run | sampler | steps | guidance | images | FID | sFID | precision | recall | clean accuracy | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        kind = ("classifier-free " if r.get("cfg") else "classifier ") + f"s={r['scale']:g}"
+        vals = " | ".join(f"{r[c]:.2f}" if c in ("fid", "sfid") else f"{r[c]:.3f}" for c in cols)
+        print(f"| {name} | {r['sampler']} | {r['steps']} | {kind} | {r['num']} | {vals} | {r['seconds']:.0f} |")
 
 
 def main() -> None:
@@ -208,8 +274,12 @@ def main() -> None:
     e.add_argument("--json", required=True)
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--features", default="inception", help="inception (the paper's) or tiny (fast, for tests)")
+    r = sub.add_parser("report")
+    r.add_argument("json")
+    r.add_argument("--plot", required=True)
     args = p.parse_args()
-    {"sample": cmd_sample, "clean-classifier": cmd_clean_classifier, "evaluate": cmd_evaluate}[args.cmd](args)
+    {"sample": cmd_sample, "clean-classifier": cmd_clean_classifier, "evaluate": cmd_evaluate,
+     "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":
