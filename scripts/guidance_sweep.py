@@ -46,12 +46,12 @@ def configurations() -> list[dict]:
     return runs
 
 
-def _claim(path: Path) -> bool:
-    """True when this process may sample `path` (no result yet and no other process working on it)."""
-    if path.exists():
+def _claim(path: Path | None, lock: Path) -> bool:
+    """True when this process may make `path` (not made yet, and `lock` not taken by another process)."""
+    if path is not None and path.exists():
         return False
     try:
-        fd = os.open(str(path.with_suffix(".lock")), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
     os.write(fd, str(os.getpid()).encode())
@@ -74,7 +74,7 @@ def cmd_sample(args) -> None:
         if args.only and run["name"] not in args.only.split(","):
             continue
         path = out_dir / f"{run['name']}.npz"
-        if not _claim(path):
+        if not _claim(path, out_dir / f"{run['name']}.lock"):
             print(f"{run['name']}: done or claimed by another process, skipped", flush=True)
             continue
         num = min(args.num, args.ddpm_num) if run.get("ddpm") else args.num
@@ -96,7 +96,7 @@ def cmd_sample(args) -> None:
                             meta=json.dumps({**run, "num": num, "dtype": args.dtype, "seconds": seconds,
                                              "device": str(dev), "threads": torch.get_num_threads()}))
         tmp.replace(path)
-        path.with_suffix(".lock").unlink()
+        (out_dir / f"{run['name']}.lock").unlink()
         print(f"{run['name']}: {num} images in {seconds:.1f} s", flush=True)
 
 
@@ -178,8 +178,9 @@ def cmd_evaluate(args) -> None:
             n = len(imgs)
             items.append((f"ddim25_s{meta['scale']:g}_first{n}", twin[0][:n], twin[1][:n], {**twin[2], "num": n}))
     for name, imgs, labels, meta in items:
-        if name in results["runs"]:
-            continue
+        done = json.loads(Path(args.json).read_text())["runs"] if Path(args.json).exists() else {}
+        if name in done or not _claim(None, Path(args.sweep) / f"{name}.eval.lock"):
+            continue  # done, or being evaluated by another process
         with torch.no_grad():
             x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
             acc = float((clean(x).argmax(-1).numpy() == labels).mean())
@@ -188,9 +189,29 @@ def cmd_evaluate(args) -> None:
         row = {**{k: meta[k] for k in ("sampler", "steps", "scale", "dtype", "seconds")}, "cfg": bool(meta.get("cfg")),
                "num": int(len(imgs)), "fid": r.fid, "sfid": r.sfid, "precision": r.precision, "recall": r.recall,
                "clean_accuracy": acc}
-        results["runs"][name] = row
         print(name, json.dumps(row), flush=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        _add_result(Path(args.json), results, name, row)
+        (Path(args.sweep) / f"{name}.eval.lock").unlink()
+
+
+def _add_result(path: Path, results: dict, name: str, row: dict) -> None:
+    """Add one row to the JSON file, merged with what other evaluating processes wrote meanwhile."""
+    lock = path.with_suffix(".lock")
+    while True:
+        try:
+            os.close(os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            time.sleep(0.2)
+    try:
+        if path.exists():
+            results["runs"].update(json.loads(path.read_text()).get("runs", {}))
+        results["runs"][name] = row
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(path)
+    finally:
+        lock.unlink()
 
 
 def _panel(draw, box, xs_labels, series, title, font):
