@@ -177,6 +177,9 @@ def cmd_evaluate(args) -> None:
         if meta.get("ddpm") and twin is not None and len(twin[0]) > len(imgs):
             n = len(imgs)
             items.append((f"ddim25_s{meta['scale']:g}_first{n}", twin[0][:n], twin[1][:n], {**twin[2], "num": n}))
+    if args.only:  # these runs, in this order
+        order = args.only.split(",")
+        items = sorted((it for it in items if it[0] in order), key=lambda it: order.index(it[0]))
     for name, imgs, labels, meta in items:
         done = json.loads(Path(args.json).read_text())["runs"] if Path(args.json).exists() else {}
         if name in done or not _claim(None, Path(args.sweep) / f"{name}.eval.lock"):
@@ -294,6 +297,7 @@ def main() -> None:
     e.add_argument("--clean", required=True)
     e.add_argument("--json", required=True)
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--only", default="", help="comma-separated run names, evaluated in this order")
     e.add_argument("--features", default="inception", help="inception (the paper's) or tiny (fast, for tests)")
     r = sub.add_parser("report")
     r.add_argument("json")
