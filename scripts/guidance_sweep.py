@@ -240,7 +240,18 @@ def _panel(draw, box, xs_labels, series, title, font):
         draw.line(pts, fill=colour, width=2)
         for x, y in pts:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((right - 110, top + 6 + 14 * j), name, fill=colour, font=font)
+        draw.line([(left + 120 * j, bottom + 30), (left + 120 * j + 16, bottom + 30)], fill=colour, width=3)
+        draw.text((left + 120 * j + 20, bottom + 24), name, fill=colour, font=font)
+
+
+def _order(name: str) -> int:
+    """Table order: the configurations' order, a DDIM-25 subset right after the run it is compared with."""
+    names = [c["name"] for c in configurations()]
+    if "_first" in name:
+        twin = next((c["name"] for c in configurations() if c.get("ddpm") and name.startswith(
+            c["name"].replace("ddpm250", "ddim25"))), None)
+        return names.index(twin) if twin else len(names)
+    return names.index(name) if name in names else len(names)
 
 
 def cmd_report(args) -> None:
@@ -252,7 +263,7 @@ def cmd_report(args) -> None:
     sweep = [(s, runs.get(f"ddim25_s{s:g}")) for s in SCALES]
     sweep = [(s, r) for s, r in sweep if r is not None]
     labels = [f"{s:g}" for s, _ in sweep]
-    img = Image.new("RGB", (960, 400), "white")
+    img = Image.new("RGB", (960, 420), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     blue, orange, green, red = (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)
@@ -263,15 +274,19 @@ def cmd_report(args) -> None:
                                             "recall": (red, [r["recall"] for _, r in sweep]),
                                             "clean accuracy": (blue, [r["clean_accuracy"] for _, r in sweep])},
            "precision / recall / accuracy", font)
-    d.text((380, 375), "classifier scale s (DDIM, 25 steps)", fill="black", font=font)
+    d.text((380, 400), "classifier scale s (DDIM, 25 steps)", fill="black", font=font)
     img.save(args.plot)
+    if args.samples:  # rows: the scales; columns: seeds 0-9 (one per class), the same seeds in every row
+        rows = [np.load(Path(args.samples) / f"ddim25_s{s:g}.npz")["images"][:10] for s, _ in sweep]
+        grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)[..., 0]
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.grid)
     cols = ("fid", "sfid", "precision", "recall", "clean_accuracy")
-    print("| run | sampler | steps | guidance | images | FID | sFID | precision | recall | clean accuracy | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, r in runs.items():
+    print("| run | sampler | steps | guidance | images | FID | sFID | precision | recall | clean accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in sorted(runs.items(), key=lambda kv: _order(kv[0])):
         kind = ("classifier-free " if r.get("cfg") else "classifier ") + f"s={r['scale']:g}"
         vals = " | ".join(f"{r[c]:.2f}" if c in ("fid", "sfid") else f"{r[c]:.3f}" for c in cols)
-        print(f"| {name} | {r['sampler']} | {r['steps']} | {kind} | {r['num']} | {vals} | {r['seconds']:.0f} |")
+        print(f"| {name} | {r['sampler']} | {r['steps']} | {kind} | {r['num']} | {vals} |")
 
 
 def main() -> None:
@@ -302,6 +317,8 @@ def main() -> None:
     r = sub.add_parser("report")
     r.add_argument("json")
     r.add_argument("--plot", required=True)
+    r.add_argument("--samples", help="the sweep directory: also write a grid of the first 10 samples per scale")
+    r.add_argument("--grid", default="guidance_samples.png")
     args = p.parse_args()
     {"sample": cmd_sample, "clean-classifier": cmd_clean_classifier, "evaluate": cmd_evaluate,
      "report": cmd_report}[args.cmd](args)
