@@ -189,3 +189,22 @@ def test_facade_attributes_and_reverse_ddim():
     assert torch.allclose(back, x, atol=1e-2)  # the ODE run forwards then backwards
     with pytest.raises(ValueError):
         diffusion.ddim_reverse_sample(model, x, t, eta=0.5)
+
+
+def test_dpmpp_2m_with_classifier_guidance_converges_and_keeps_x0_in_range():
+    """Guided x_0 = x_0 + (1 - alpha_bar) / sqrt(alpha_bar) * g is huge at high noise: the solver must
+    threshold it (as DPM-Solver++ does), or the 2M extrapolation diverges to saturated images
+    (unthresholded: mean error 0.50 at 10 steps, 0.94 at 20; thresholded: 0.07, 0.06)."""
+    model, _ = gaussian_oracle(learn_sigma=True)
+    target = torch.full((1, 3, 8, 8), 0.3)
+
+    def cond_fn(x, t, **_):  # 2 * grad_x log N(target; x, I)
+        return 2.0 * (target - x)
+
+    reference = sample_ddim(model, process("500", learn_sigma=True), x_T(), cond_fn=cond_fn)
+    for n in (10, 20):
+        seen = []
+        dpm = sample_dpmpp_2m(model, process(str(n), learn_sigma=True), x_T(), cond_fn=cond_fn,
+                              callback=lambda s: seen.append(s["pred_xstart"]))
+        assert all(p.abs().max() <= 1 for p in seen)
+        assert (dpm - reference).abs().mean() < 0.15

@@ -47,6 +47,12 @@ def sample_dpmpp_2m(
             out = denoise(model, diffusion, x, t, model_kwargs, clip_denoised, denoised_fn)
             if cond_fn is not None:
                 out = condition_score(diffusion, cond_fn, out, x, t, model_kwargs)
+                if clip_denoised:
+                    # The guided x_0 is x_0 + (1 - alpha_bar) / sqrt(alpha_bar) * g: at high noise a shift of
+                    # ~100 g. DDIM pairs it with the matching eps and stays exact; the 2M extrapolation mixes
+                    # such terms of two steps and diverges (saturated samples at s = 2). DPM-Solver++
+                    # thresholds the data prediction of the guided model: so do we.
+                    out = {**out, "pred_xstart": out["pred_xstart"].clamp(-1, 1)}
             d_t = out["pred_xstart"]
             if i == 0:
                 x_next = d_t
