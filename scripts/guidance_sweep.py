@@ -219,8 +219,6 @@ def _add_result(path: Path, results: dict, name: str, row: dict) -> None:
 
 def _panel(draw, box, xs_labels, series, title, font):
     """One line chart in box = (left, top, right, bottom): series {name: (colour, [y per x])}, x categorical."""
-    from PIL import ImageDraw  # noqa: F401 - draw is an ImageDraw
-
     left, top, right, bottom = box
     values = [v for _, ys in series.values() for v in ys if v is not None]
     lo, hi = min(values), max(values)
@@ -244,14 +242,13 @@ def _panel(draw, box, xs_labels, series, title, font):
         draw.text((left + 120 * j + 20, bottom + 24), name, fill=colour, font=font)
 
 
-def _order(name: str) -> int:
-    """Table order: the configurations' order, a DDIM-25 subset right after the run it is compared with."""
+def _order(name: str) -> tuple[int, bool]:
+    """Table order: the configurations' order; a DDIM-25 subset (ddim25_s2_first500) right after the
+    DDPM-250 run it is compared with (ddpm250_s2)."""
+    subset = "_first" in name
+    key = "ddpm250_" + name.split("_")[1] if subset else name
     names = [c["name"] for c in configurations()]
-    if "_first" in name:
-        twin = next((c["name"] for c in configurations() if c.get("ddpm") and name.startswith(
-            c["name"].replace("ddpm250", "ddim25"))), None)
-        return names.index(twin) if twin else len(names)
-    return names.index(name) if name in names else len(names)
+    return (names.index(key) if key in names else len(names), subset)
 
 
 def cmd_report(args) -> None:

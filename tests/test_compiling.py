@@ -9,6 +9,7 @@ from adm.errors import ConfigError
 from adm.guided import ADM_G
 from adm.nn import ADM, ADM_classifier, ADMConfig, ClassifierConfig
 from adm.nn.compiling import CompiledWithFallback, compile_with_fallback
+from helpers import randomized
 
 DIFF = DiffusionConfig(steps=50, noise_schedule="cosine", learn_sigma=True)
 NET = dict(image_size=8, model_channels=32, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 2))
@@ -19,19 +20,11 @@ def no_compiler(gm, example_inputs):
     raise RuntimeError("no working C++ compiler found")
 
 
-def _noisy(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def nets():
     torch._dynamo.reset()
-    model = _noisy(ADM(ADMConfig(**NET, num_classes=3, diffusion=DIFF)), 0)
-    clf = _noisy(ADM_classifier(ClassifierConfig(**NET, num_classes=3, num_head_channels=32, diffusion=DIFF)), 1)
+    model = randomized(ADM(ADMConfig(**NET, num_classes=3, diffusion=DIFF)), 0)
+    clf = randomized(ADM_classifier(ClassifierConfig(**NET, num_classes=3, num_head_channels=32, diffusion=DIFF)), 1)
     return model, clf
 
 

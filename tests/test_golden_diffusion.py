@@ -8,8 +8,6 @@ from adm.compat import sr_create_model_and_diffusion
 from adm.diffusion import Schedule, space_timesteps
 
 
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs error relative to the reference's largest magnitude."""
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-12)).item()

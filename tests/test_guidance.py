@@ -8,20 +8,11 @@ from adm.errors import ConfigError
 from adm.guided import ADM_G, respacing_for, to_uint8, upsample
 from adm.nn import ADM, ADM_U, ADM_classifier, ADMConfig, ADMUConfig, ClassifierConfig
 from adm.sampling import SAMPLERS, classifier_free_guidance, classifier_guidance, sample_ddim, sample_ddpm
-
+from helpers import randomized
 
 
 DIFF = DiffusionConfig(steps=100, noise_schedule="cosine", learn_sigma=True)
 NET = dict(image_size=8, model_channels=32, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 2))
-
-
-def randomized(module, seed):
-    """Freshly initialised ADMs output zeros (zero-initialised last layers): give every weight noise."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return module.eval()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ from adm.sampling import (
 )
 
 
-
-
 S = 0.5  # the toy data: x_0 ~ N(0, S^2 I)
 
 
