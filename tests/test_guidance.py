@@ -124,6 +124,21 @@ def test_respacing_for():
     assert respacing_for(300, "ddim", 1000) == "300"  # no stride gives 300: even sections
     assert respacing_for(250, "ddpm", 1000) == "250" and respacing_for("10,15", "ddpm", 1000) == "10,15"
     assert respacing_for(None, "ddpm", 1000) == "250" and respacing_for(None, "ddim", 1000) == "ddim25"
+    # DPM-Solver++: N model calls on N + 1 steps spaced in log-SNR; a string is taken as given
+    assert respacing_for(10, "dpmpp2m", 1000) == "logsnr11" and respacing_for(None, "dpmpp2m", 1000) == "logsnr21"
+    assert respacing_for("10", "dpmpp2m", 1000) == "10" and respacing_for("logsnr5", "ddim", 1000) == "logsnr5"
+    with pytest.raises(ConfigError, match="at most 99 model calls"):
+        respacing_for(100, "dpmpp2m", 100)
+    with pytest.raises(ConfigError, match="logsnr"):
+        respacing_for("logsnr0", "dpmpp2m", 1000)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_dpmpp2m_steps_are_model_calls(nets, steps):
+    seen = []
+    out = ADM_G(nets["cond"], nets["clf"], scale=2.0).sample([0, 1], steps=steps, sampler="dpmpp2m",
+                                                             callback=seen.append)
+    assert len(seen) == steps and out.abs().max() <= 1
 
 
 def test_upsample(nets):

@@ -106,10 +106,41 @@ def test_dpmpp_2m_is_second_order():
     assert err["ddim", 20] / err["ddim", 100] < 8  # first order: about 5x for 5x the steps
 
 
-def test_dpmpp_2m_with_two_steps_is_ddim():
+def test_dpmpp_2m_reads_the_last_step_without_a_call():
+    """K steps cost K - 1 model calls; with one call the solver is one DDIM step (first order)."""
     model, _ = gaussian_oracle(learn_sigma=True)
-    d = process("2", learn_sigma=True)
-    assert torch.allclose(sample_dpmpp_2m(model, d, x_T()), sample_ddim(model, d, x_T()), atol=1e-5)
+    calls = []
+
+    def counted(x, t, **kw):
+        calls.append(t[0].item())
+        return model(x, t, **kw)
+
+    for spec, expect in (("2", [999]), ("logsnr9", None)):
+        calls.clear()
+        d = process(spec, learn_sigma=True)
+        out = sample_dpmpp_2m(counted, d, x_T(), clip_denoised=False)
+        assert len(calls) == d.num_timesteps - 1 and 0 not in calls
+        if expect:
+            assert calls == expect
+    ddim_first_step = []
+    sample_ddim(model, process("2", learn_sigma=True), x_T(), clip_denoised=False,
+                callback=lambda s: ddim_first_step.append(s["sample"]))
+    one_call = sample_dpmpp_2m(model, process("2", learn_sigma=True), x_T(), clip_denoised=False)
+    # equal up to float32 rounding of x_0 = (x - sigma eps) / alpha with alpha = 0.006 at t = T-1
+    assert torch.allclose(one_call, ddim_first_step[0], rtol=1e-3, atol=1e-6)
+    single = process("1", learn_sigma=True)  # a one-step chain: the model's x_0 prediction
+    assert torch.allclose(sample_dpmpp_2m(model, single, x_T()), sample_ddim(model, single, x_T()))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_dpmpp_2m_converges_on_the_log_snr_spacing(schedule):
+    model, ab = gaussian_oracle(schedule=schedule)
+    xT = x_T()
+    a0, aT = ab[0].item(), ab[-1].item()
+    exact_x0 = xT * math.sqrt((a0 * S * S + 1 - a0) / (aT * S * S + 1 - aT))  # the ODE's x at step 0
+    err = [(sample_dpmpp_2m(model, process(f"logsnr{n}", schedule=schedule), xT, clip_denoised=False)
+            - exact_x0).abs().max().item() for n in (51, 201)]
+    assert err[1] < 1e-3 and err[1] < err[0] / 4
 
 
 def test_get_sampler_lists_valid_names():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from adm.diffusion import DiffusionConfig, Diffusion, Schedule, make_betas, space_timesteps
+from adm.diffusion.schedule import LOG_SNR_MIN, count_timesteps
 from adm.errors import ConfigError
 
 
@@ -64,6 +65,9 @@ def test_sections_with_remainder():
         ("ddim0", "positive step count"),
         ("ddim300", "no integer stride"),
         ("ddim2000", "only 1000"),
+        ("logsnr", "positive step count"),
+        ("logsnr0", "positive step count"),
+        ("logsnr1001", "only 1000"),
     ],
 )
 def test_bad_respacing(spec, needle):
@@ -88,3 +92,36 @@ def test_bad_betas():
 def test_one_step_schedule_is_finite():
     s = Schedule.create("linear", 1000, "1")
     assert s.num_timesteps == 1 and torch.isfinite(s.posterior_log_variance_clipped).all()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("count", [3, 6, 11, 21])
+def test_logsnr_respacing_is_even_in_log_snr(schedule, count):
+    """logsnrN: T-1, then N-1 steps evenly spaced in lambda from max(LOG_SNR_MIN, lambda(T-1)) to lambda(0)."""
+    ab = Schedule.create(schedule, 1000).alphas_cumprod
+    lam = (0.5 * (ab.log() - (-ab).log1p())).tolist()
+    steps = space_timesteps(1000, f"logsnr{count}", ab)
+    assert len(steps) == count == count_timesteps(1000, f"logsnr{count}") and steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[-1] == 999
+    assert space_timesteps(1000, "logsnr2", ab) == [0, 999] and space_timesteps(1000, "logsnr1", ab) == [999]
+    below = [lam[t] for t in steps[::-1][1:]]  # from the noisiest step after T-1 down to t = 0
+    assert below[0] == pytest.approx(max(LOG_SNR_MIN, lam[999]), abs=0.05)
+    gap = (lam[0] - below[0]) / max(count - 2, 1)
+    for a, b in zip(below, below[1:]):
+        assert b - a == pytest.approx(gap, rel=0.25)
+    respaced = Schedule.create(schedule, 1000, f"logsnr{count}")
+    assert respaced.timestep_map.tolist() == steps
+
+
+def test_logsnr_respacing_keeps_steps_distinct_on_short_chains():
+    ab = Schedule.create("cosine", 50).alphas_cumprod
+    assert space_timesteps(50, "logsnr50", ab) == list(range(50))
+    steps = space_timesteps(50, "logsnr12", ab)
+    assert len(set(steps)) == 12 and steps[0] == 0 and steps[-1] == 49
+
+
+def test_logsnr_respacing_needs_the_schedule():
+    with pytest.raises(ConfigError, match="noise schedule"):
+        space_timesteps(1000, "logsnr10")
+    with pytest.raises(ConfigError, match="100 steps"):
+        space_timesteps(1000, "logsnr10", Schedule.create("cosine", 100).alphas_cumprod)

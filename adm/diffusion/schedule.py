@@ -38,18 +38,30 @@ def betas_for_alpha_bar(steps: int, alpha_bar, max_beta: float = 0.999) -> torch
 def _parse_error(spec: str, why: str) -> ConfigError:
     return ConfigError(
         f"timestep respacing {spec!r}: {why} (expected '' for all steps, a step count such as '250', "
-        "comma-separated counts per section such as '10,15,20', or 'ddimN' such as 'ddim25')"
+        "comma-separated counts per section such as '10,15,20', 'ddimN' such as 'ddim25', or 'logsnrN' "
+        "such as 'logsnr11')"
     )
 
 
-def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list[int]:
+def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int],
+                    alphas_cumprod: torch.Tensor | None = None) -> list[int]:
     """The sorted timesteps of a T-step process kept by a respacing spec.
 
     "250" or "10,15,20": the chain is cut into equal sections (earlier sections one longer when T does
     not divide), and each section keeps that many evenly spaced steps (its first and last included).
     "ddimN": the fixed integer stride of the DDIM paper, range(0, T, stride) with exactly N steps.
+    "logsnrN": N steps for few-step ODE solvers, evenly spaced in log-SNR (see log_snr_timesteps); it
+    depends on the noise schedule, so it needs the process's `alphas_cumprod` ([T]).
     "" keeps every step.
     """
+    if isinstance(spec, str) and spec.strip().startswith("logsnr"):
+        count = _logsnr_count(num_timesteps, spec)
+        if alphas_cumprod is None:
+            raise ConfigError(f"timestep respacing {spec!r} depends on the noise schedule: pass its alphas_cumprod "
+                              "(Schedule.create and Diffusion.from_config do)")
+        if len(alphas_cumprod) != num_timesteps:
+            raise ConfigError(f"alphas_cumprod has {len(alphas_cumprod)} steps, the process {num_timesteps}")
+        return log_snr_timesteps(alphas_cumprod, count)
     if isinstance(spec, int) and not isinstance(spec, bool):
         counts = [spec]
     elif isinstance(spec, str):
@@ -100,6 +112,58 @@ def _ddim_steps(num_timesteps: int, spec: str, digits: str) -> list[int]:
     raise _parse_error(
         spec, f"no integer stride gives exactly {want} of {num_timesteps} steps; use '{want}' for even sections"
     )
+
+
+def count_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> int:
+    """How many steps a respacing spec keeps (checking the spec; no schedule needed)."""
+    if isinstance(spec, str) and spec.strip().startswith("logsnr"):
+        return _logsnr_count(num_timesteps, spec)
+    return len(space_timesteps(num_timesteps, spec))
+
+
+def _logsnr_count(num_timesteps: int, spec: str) -> int:
+    digits = spec.strip()[len("logsnr"):]
+    if not digits.isdigit() or int(digits) < 1:
+        raise _parse_error(spec, "logsnr needs a positive step count after it")
+    if int(digits) > num_timesteps:
+        raise _parse_error(spec, f"it asks for {int(digits)} steps but the process has only {num_timesteps}")
+    return int(digits)
+
+
+# The log-SNR below which x_t holds practically nothing of the image: sigma / alpha = 80, the largest
+# noise level of Karras et al.'s EDM sampler for data in [-1, 1].
+LOG_SNR_MIN = -math.log(80.0)
+
+
+def log_snr_timesteps(alphas_cumprod: torch.Tensor, count: int) -> list[int]:
+    """`count` distinct timesteps for a few-step ODE solver: the last one (T-1, where sampling starts)
+    and count - 1 evenly spaced in lambda = log(alpha / sigma) from max(LOG_SNR_MIN, lambda(T-1)) down
+    to lambda(0), each taken as the timestep of nearest lambda.
+
+    Uniform in log-SNR is the step size DPM-Solver's error analysis asks for (its "logSNR" spacing).
+    Starting the even spacing at LOG_SNR_MIN rather than at lambda(T-1) matters for the cosine schedule,
+    whose clipped last beta puts lambda(T-1) at -9.9 (lambda(T-2) is -6.5): spaced over the whole range,
+    a quarter of the steps land on the last few timesteps, where the image does not change.
+    """
+    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu")
+    T = int(ab.shape[0])
+    if not 1 <= count <= T:
+        raise ConfigError(f"log-SNR spacing: {count} steps do not fit in a process of {T}")
+    lam = 0.5 * (ab.log() - (-ab).log1p())  # decreasing in t
+    if count == 1:
+        return [T - 1]
+    hi, lo = float(lam[0]), max(LOG_SNR_MIN, float(lam[-1]))
+    n = count - 1
+    targets = torch.tensor([hi] if n == 1 else [lo + (hi - lo) * i / (n - 1) for i in range(n)], dtype=torch.float64)
+    nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    steps = sorted(nearest + [T - 1])
+    # Nearest timesteps can coincide where lambda moves fast: push them apart, keeping 0 .. T-1.
+    for i in range(1, len(steps)):
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    steps[-1] = T - 1
+    for i in range(len(steps) - 2, -1, -1):
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    return steps
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,7 +227,7 @@ class Schedule:
     def create(cls, schedule: str, steps: int, respacing: str | Sequence[int] = "") -> "Schedule":
         """The tables of a named schedule with T=steps, respaced by a spec (see space_timesteps)."""
         base = cls.from_betas(make_betas(schedule, steps))
-        return base.respaced(space_timesteps(base.num_timesteps, respacing))
+        return base.respaced(space_timesteps(base.num_timesteps, respacing, base.alphas_cumprod))
 
     def respaced(self, use_timesteps) -> "Schedule":
         """The process that keeps only `use_timesteps` of this one: betas recomputed so that every kept

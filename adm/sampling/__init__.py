@@ -6,7 +6,7 @@ from typing import Callable
 from adm.errors import ConfigError
 from adm.sampling.ddim import ddim_step, sample_ddim
 from adm.sampling.ddpm import ddpm_step, sample_ddpm
-from adm.sampling.dpm_solver import sample_dpmpp_2m
+from adm.sampling.dpm_solver import model_calls, sample_dpmpp_2m
 from adm.sampling.guidance import (
     classifier_free_guidance,
     classifier_guidance,
@@ -49,6 +49,7 @@ __all__ = [
     "global_noise",
     "initial_noise",
     "make_noise",
+    "model_calls",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
