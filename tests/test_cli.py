@@ -200,7 +200,7 @@ def test_demo_with_tiny_models(models, tmp_path):
         assert grid.width > 3 * 64 and grid.height > 4 * 64  # 4 rows x 3 columns, drawn 4x, labelled
     proc = adm("demo", "--model", str(models / "run"), "--classifier", str(models / "C"), "--sampler", "dpmpp2m",
                "--steps", "3", "--scales", "2", "--out", str(tmp_path / "dpm"), "--no-progress")
-    assert "4 images (4 classes x scales 2, 3 DPM-Solver++ model calls)" in proc.stdout
+    assert "4 images (4 classes x scales 2; 3 DPM-Solver++ model calls)" in proc.stdout
 
 
 # Each bad input: one line on stderr, exit status 2, no traceback. Run in one interpreter (each case

@@ -144,7 +144,7 @@ def run_demo(args: argparse.Namespace) -> int:
         c, j = divmod(i, len(scales))
         slug = re.sub(r"[^a-z0-9]+", "-", names[c].lower()).strip("-")
         save_png_atomic(img_dir / f"class{c}_{slug}_scale{scales[j]:g}.png", image)
-    print(f"{len(images)} images ({k} classes x scales {', '.join(f'{s:g}' for s in scales)}, "
+    print(f"{len(images)} images ({k} classes x scales {', '.join(f'{s:g}' for s in scales)}; "
           f"{args.steps} {'DDIM steps' if args.sampler == 'ddim' else 'DPM-Solver++ model calls'}) "
           f"in {time.perf_counter() - start:.1f}s")
     print(f"grid:   {grid}")
