@@ -42,6 +42,8 @@ def configurations() -> list[dict]:
     # dpmpp2mN_s2 rows of docs/guidance.json came from the solver of commit d5a11be: N evenly spaced
     # timesteps, the last of them a model call at t = 0.
     runs += [dict(name=f"dpmpp2m{n}_logsnr_s2", sampler="dpmpp2m", steps=n, scale=2.0) for n in (8, 10, 12, 6, 15, 7)]
+    # the same comparison under classifier-free guidance (w = 3)
+    runs += [dict(name=f"dpmpp2m{n}_logsnr_cfg3", sampler="dpmpp2m", steps=n, scale=3.0, cfg=True) for n in (8, 10)]
     return runs
 
 
