@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import adm
-from adm.diffusion import Diffusion, DiffusionConfig
+from adm.diffusion import Diffusion, DiffusionConfig, space_timesteps
 from adm.errors import ConfigError
 from adm.guided import ADM_G, respacing_for, to_uint8, upsample
 from adm.nn import ADM, ADM_U, ADM_classifier, ADMConfig, ADMUConfig, ClassifierConfig
@@ -135,10 +135,17 @@ def test_respacing_for():
 
 @pytest.mark.parametrize("steps", [1, 4])
 def test_dpmpp2m_steps_are_model_calls(nets, steps):
-    seen = []
-    out = ADM_G(nets["cond"], nets["clf"], scale=2.0).sample([0, 1], steps=steps, sampler="dpmpp2m",
-                                                             callback=seen.append)
-    assert len(seen) == steps and out.abs().max() <= 1
+    """steps=N: the UNet runs N times, at the log-SNR spaced timesteps but t = 0, noisiest first."""
+    model = nets["cond"]
+    seen_t = []
+    hook = model.register_forward_pre_hook(lambda _, args: seen_t.append(int(args[1][0])))
+    try:
+        out = ADM_G(model, nets["clf"], scale=2.0).sample([0, 1], steps=steps, sampler="dpmpp2m")
+    finally:
+        hook.remove()
+    ab = Diffusion.from_config(DIFF, "").schedule.alphas_cumprod
+    assert seen_t == space_timesteps(DIFF.steps, f"logsnr{steps + 1}", ab)[:0:-1]
+    assert len(seen_t) == steps and 0 not in seen_t and out.abs().max() <= 1
 
 
 def test_upsample(nets):

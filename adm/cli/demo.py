@@ -20,6 +20,7 @@ from adm.errors import ConfigError
 
 MODEL = "ADM_demo_fashion_mnist"
 CLASSIFIER = "ADM_classifier_demo_fashion_mnist"
+DEMO_STEPS = {"ddim": 25, "dpmpp2m": 10}  # default --steps per sampler: DDIM-25 is the paper's setting
 
 EPILOG = """examples:
   adm demo                                   # writes ./adm-demo/grid.png and ./adm-demo/images/*.png
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="adm-demo", help="output directory (default ./adm-demo)")
     p.add_argument("--scales", default="0,1,2,4", help="classifier guidance scales, one column each (default 0,1,2,4)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp2m"], default="ddim",
+    p.add_argument("--sampler", choices=list(DEMO_STEPS), default="ddim",
                    help="ddim (the paper's fast sampler, default) or dpmpp2m (DPM-Solver++(2M), fewer steps)")
     p.add_argument("--steps", type=int, default=None,
                    help="DDIM steps, or DPM-Solver++ model calls (default 25 for ddim, 10 for dpmpp2m)")
@@ -84,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     scales = parse_scales(args.scales)
     if args.steps is None:
-        args.steps = 25 if args.sampler == "ddim" else 10
+        args.steps = DEMO_STEPS[args.sampler]
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)

@@ -130,6 +130,12 @@ def _logsnr_count(num_timesteps: int, spec: str) -> int:
     return int(digits)
 
 
+def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """lambda_t = log(alpha_t / sigma_t) = 0.5 log(alpha_bar_t / (1 - alpha_bar_t)), float64, decreasing in t."""
+    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu")
+    return 0.5 * (ab.log() - (-ab).log1p())
+
+
 # The log-SNR below which x_t holds practically nothing of the image: sigma / alpha = 80, the largest
 # noise level of Karras et al.'s EDM sampler for data in [-1, 1].
 LOG_SNR_MIN = -math.log(80.0)
@@ -145,11 +151,10 @@ def log_snr_timesteps(alphas_cumprod: torch.Tensor, count: int) -> list[int]:
     whose clipped last beta puts lambda(T-1) at -9.9 (lambda(T-2) is -6.5): spaced over the whole range,
     a quarter of the steps land on the last few timesteps, where the image does not change.
     """
-    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu")
-    T = int(ab.shape[0])
+    lam = log_snr(alphas_cumprod)
+    T = int(lam.shape[0])
     if not 1 <= count <= T:
         raise ConfigError(f"log-SNR spacing: {count} steps do not fit in a process of {T}")
-    lam = 0.5 * (ab.log() - (-ab).log1p())  # decreasing in t
     if count == 1:
         return [T - 1]
     hi, lo = float(lam[0]), max(LOG_SNR_MIN, float(lam[-1]))

@@ -6,7 +6,7 @@ from typing import Callable
 from adm.errors import ConfigError
 from adm.sampling.ddim import ddim_step, sample_ddim
 from adm.sampling.ddpm import ddpm_step, sample_ddpm
-from adm.sampling.dpm_solver import model_calls, sample_dpmpp_2m
+from adm.sampling.dpm_solver import dpmpp_2m_calls, sample_dpmpp_2m
 from adm.sampling.guidance import (
     classifier_free_guidance,
     classifier_guidance,
@@ -24,6 +24,11 @@ SAMPLERS: dict[str, Callable] = {
     "ddim": sample_ddim,
     "dpmpp2m": sample_dpmpp_2m,
 }
+
+
+def model_calls(sampler: str, num_steps: int) -> int:
+    """How many model evaluations `sampler` makes on a chain of `num_steps` respaced steps."""
+    return dpmpp_2m_calls(num_steps) if sampler == "dpmpp2m" else num_steps
 
 
 def get_sampler(name: str) -> Callable:

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from adm.diffusion.process import Diffusion
+from adm.diffusion.schedule import log_snr
 from adm.sampling.guidance import condition_score
 from adm.sampling.model import Callback, CondFn, ModelFn, batch_t, denoise, report, step_indices
 from adm.sampling.seeds import NoiseFn, global_noise
@@ -40,14 +41,12 @@ def sample_dpmpp_2m(
     (respacing "logsnrK", what ADM_G uses for this sampler: steps=N gives "logsnr{N+1}").
     """
     ab = diffusion.schedule.alphas_cumprod.tolist()  # float64 scalars: every image shares the step
-    lam = [0.5 * math.log(a / (1 - a)) for a in ab]
+    lam = log_snr(diffusion.schedule.alphas_cumprod).tolist()
     x = x_T
     d_prev, h_prev = None, None
-    indices = step_indices(diffusion, progress, "DPM-Solver++(2M)") if diffusion.num_timesteps > 1 else [0]
+    calls = dpmpp_2m_calls(diffusion.num_timesteps)  # steps N-1 .. 1: step 0 is read, not evaluated
     with torch.no_grad():
-        for k, i in enumerate(indices):
-            if i == 0 and k > 0:  # the end of the chain: no model call
-                break
+        for k, i in enumerate(step_indices(diffusion, progress, "DPM-Solver++(2M)", calls)):
             t = batch_t(i, x)
             out = denoise(model, diffusion, x, t, model_kwargs, clip_denoised, denoised_fn)
             if cond_fn is not None:
@@ -79,6 +78,7 @@ def sample_dpmpp_2m(
     return x
 
 
-def model_calls(sampler: str, num_steps: int) -> int:
-    """How many model evaluations `sampler` makes on a chain of `num_steps` respaced steps."""
-    return num_steps - 1 if sampler == "dpmpp2m" and num_steps > 1 else num_steps
+def dpmpp_2m_calls(num_steps: int) -> int:
+    """Model evaluations of sample_dpmpp_2m on a chain of `num_steps` respaced steps: all but step 0
+    (one, for a one-step chain)."""
+    return max(num_steps - 1, 1)

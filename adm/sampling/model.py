@@ -26,9 +26,10 @@ def denoise(
     return diffusion.p_mean_variance(out, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn)
 
 
-def step_indices(diffusion: Diffusion, progress: bool, desc: str = "sampling"):
-    """The respaced steps N-1 .. 0, wrapped in a tqdm bar when progress."""
-    indices = list(range(diffusion.num_timesteps))[::-1]
+def step_indices(diffusion: Diffusion, progress: bool, desc: str = "sampling", calls: int | None = None):
+    """The respaced steps N-1 .. 0 (or only the first `calls` of them), wrapped in a tqdm bar when progress."""
+    n = diffusion.num_timesteps
+    indices = list(range(n - 1, n - 1 - (n if calls is None else calls), -1))
     if progress:
         from tqdm.auto import tqdm
 
