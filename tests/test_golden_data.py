@@ -1,0 +1,59 @@
+"""The golden data carried by the repository (tests/golden) is an exact copy of the full golden folder."""
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+BUDGET = 15 * 10**6
+PT_FILES = ["schedules.pt", "unet_forward_a.pt", "unet_forward_b.pt", "classifier.pt", "super_res.pt",
+            "training_losses_a.pt", "training_losses_b.pt", "sampling.pt"]
+JSON_FILES = ["official_state_dict_shapes.json", "official_params.json"]
+
+
+def test_compact_golden_is_in_the_repository_and_small():
+    for name in ["README.md", "compact.py", "make_compact.py", "golden.pt.xz", *JSON_FILES]:
+        assert (GOLDEN / name).is_file(), name
+    files = [p for p in GOLDEN.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    total = sum(p.stat().st_size for p in files)
+    assert total < BUDGET, f"tests/golden holds {total / 1e6:.2f} MB"
+
+
+def test_archive_holds_every_golden_file(golden_archive):
+    assert golden_archive.names() == PT_FILES
+    assert set(golden_archive.archive["dropped"]) <= set(PT_FILES)
+
+
+def _assert_same(a, b, where):
+    if isinstance(b, torch.Tensor):
+        assert isinstance(a, torch.Tensor), where
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), where
+        assert torch.equal(a, b), where
+    elif isinstance(b, dict):
+        assert isinstance(a, dict) and list(a) == list(b), (where, list(a), list(b))
+        for k in b:
+            _assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(b, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}/{i}")
+    else:
+        assert type(a) is type(b) and a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("name", PT_FILES)
+def test_compact_copy_equals_the_full_golden_file(golden_archive, full_golden_dir, name):
+    """Entry by entry, exactly (dtype, shape, every bit); only the listed unread entries are left out."""
+    full = torch.load(full_golden_dir / name, weights_only=True)
+    for path in golden_archive.archive["dropped"].get(name, []):
+        d = full
+        for k in path[:-1]:
+            d = d[k]
+        assert path[-1] in d, (name, path)  # the drop list names real entries
+        del d[path[-1]]
+    _assert_same(golden_archive.load(name), full, name)
+
+
+@pytest.mark.parametrize("name", JSON_FILES)
+def test_json_copies_equal_the_full_golden_files(full_golden_dir, name):
+    assert (GOLDEN / name).read_bytes() == (full_golden_dir / name).read_bytes()
