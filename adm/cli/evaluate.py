@@ -11,12 +11,15 @@ from adm.errors import AdmError
 
 EVALUATE_EXAMPLE = """\
 REF and SAMPLES: .npz in the paper's format (arr_0 = uint8 [N x H x W x C], C = 1 or 3), image
-folders (PNG/JPEG), or 'fashion-mnist' (its test set, padded to 32x32). REF may be one of the paper's
-reference batches (its precomputed mu/sigma/mu_s/sigma_s are used) or a file from `adm make-ref`.
-The reference's features are cached beside it, so the next evaluation against it is fast.
+folders (PNG/JPEG), or 'fashion-mnist' (its test set, padded to 32x32). An `adm sample` / `adm upsample`
+output directory gives exactly the images its samples.json lists (not grid.png, not low_res/).
+REF may be one of the paper's reference batches (its precomputed mu/sigma/mu_s/sigma_s are used) or a
+file from `adm make-ref`. The reference's features are cached beside it, so the next evaluation
+against it is fast.
 
 examples:
   adm evaluate VIRTUAL_imagenet64_labeled.npz samples_50000x64x64x3.npz --json metrics.json --device cuda
+  adm evaluate fashion_ref.npz samples/ --num 10000          # an `adm sample --out samples` directory
   adm evaluate fashion_ref.npz samples/ --features tiny      # quick smoke test, NOT the paper's metric
 """
 
@@ -25,8 +28,13 @@ Builds a reference batch: arr_0 (3-channel uint8, the paper's format), FID/sFID 
 under the paper's names mu, sigma, mu_s, sigma_s for Inception) and the features that precision/recall
 need, keyed by the feature network.
 
+For a model trained with `adm train --data DATA --image-size N`, give the same --image-size (and
+--channels when training converted them): the reference then goes through exactly the training
+preprocessing (centre crop and resize, grey or RGB) and matches the model's samples.
+
 examples:
   adm make-ref fashion-mnist fashion_ref.npz                 # Fashion-MNIST test set, 10k, 32x32
+  adm make-ref my_images/ ref.npz --image-size 64            # as `adm train --data my_images/ --image-size 64`
   adm make-ref my_images/ ref.npz --device cuda --batch-size 256
 """
 
@@ -55,6 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("samples", metavar="SAMPLES", help="sample batch: .npz or image folder")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the reference feature cache")
+    p.add_argument("--num", type=int, default=None, metavar="N",
+                   help="use only the first N images of SAMPLES (an error when it holds fewer)")
     _common(p)
     p.set_defaults(func=run_evaluate)
 
@@ -66,7 +76,14 @@ def register(subparsers) -> None:
     p.add_argument("out", metavar="OUT.npz", help="where to write the reference batch")
     p.add_argument("--no-pad", action="store_true", help="keep Fashion-MNIST at 28x28 (default: zero-pad to 32x32)")
     p.add_argument("--no-images", action="store_true", help="do not store arr_0 (statistics and features only)")
-    p.add_argument("--num", type=int, default=None, metavar="N", help="use only the first N images of SOURCE")
+    p.add_argument("--num", type=int, default=None, metavar="N",
+                   help="use only the first N images of SOURCE (an error when it holds fewer)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="preprocess SOURCE exactly as `adm train --image-size N` does (centre crop and resize; "
+                        "Fashion-MNIST padded at 32): the reference then matches the model's samples")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="with --image-size: 1 (grey) or 3 (RGB), as training converts them (default: the data's "
+                        "own: 1 when every image is grey)")
     _common(p)
     p.set_defaults(func=run_make_ref)
 
@@ -92,7 +109,8 @@ def _check_common(args: argparse.Namespace) -> None:
 
 def _print_warnings(caught: list, command: str) -> None:
     for w in caught:
-        print(f"adm {command}: warning: {w.message}", file=sys.stderr)
+        text = " ".join(line.strip() for line in str(w.message).splitlines() if line.strip())
+        print(f"adm {command}: warning: {text}", file=sys.stderr)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -119,13 +137,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from adm.eval import evaluate
 
     _check_common(args)
+    if args.num is not None and args.num < 1:
+        raise AdmError(f"--num must be at least 1, got {args.num}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise AdmError(f"--json {args.json}: its folder does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(args.ref, args.samples, features=args.features, device=args.device,
                           batch_size=args.batch_size, weights=args.inception, allow_resize=args.resize,
-                          use_cache=not args.no_cache, progress=not args.no_progress)
+                          use_cache=not args.no_cache, progress=not args.no_progress, num=args.num)
     _print_warnings([w for w in caught if "not meaningful" not in str(w.message)], "evaluate")
     print(format_table(result))
     if args.json:
@@ -138,6 +158,16 @@ def run_make_ref(args: argparse.Namespace) -> int:
     from adm.eval import make_reference
 
     _check_common(args)
+    if args.num is not None and args.num < 1:
+        raise AdmError(f"--num must be at least 1, got {args.num}")
+    if args.image_size is not None and args.image_size < 1:
+        raise AdmError(f"--image-size must be at least 1, got {args.image_size}")
+    if args.channels is not None and args.image_size is None:
+        raise AdmError("--channels needs --image-size: both apply the training preprocessing (give the model's "
+                       "image size)")
+    if args.image_size is not None and args.no_pad:
+        raise AdmError("--no-pad does not go with --image-size: the training preprocessing pads Fashion-MNIST at "
+                       "32 and resizes it at other sizes")
     if not args.out.endswith(".npz"):
         raise AdmError(f"OUT must be an .npz file, got {args.out}")
     if not Path(args.out).resolve().parent.is_dir():
@@ -147,7 +177,7 @@ def run_make_ref(args: argparse.Namespace) -> int:
         stats = make_reference(args.source, args.out, features=args.features, device=args.device,
                                batch_size=args.batch_size, weights=args.inception, with_images=not args.no_images,
                                allow_resize=args.resize, pad=not args.no_pad, num=args.num,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, image_size=args.image_size, channels=args.channels)
     _print_warnings(caught, "make-ref")
     shape = "mixed sizes" if stats.shape is None else "x".join(map(str, stats.shape))
     print(f"wrote {args.out}: {stats.num} images ({shape}), features {stats.network}")

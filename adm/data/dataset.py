@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from adm.data import fashion_mnist
-from adm.data.folder import FolderIndex, report_skipped, scan_folder
+from adm.data.folder import FolderIndex, describe_error, report_skipped, scan_folder
 from adm.data.images import load_npz
 from adm.data.preprocess import flip_decision, pad_to, preprocess_array, preprocess_pil, to_tensor
 from adm.errors import ConfigError, DataError
@@ -118,11 +118,12 @@ class FolderImageDataset(ImageDataset):
                 image.load()  # the first frame of an animation
                 return preprocess_pil(image, self.image_size, self.channels)
         except Exception as e:
+            why = describe_error(e, path)
             if self.on_error == "raise":
-                raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+                raise DataError(f"{path}: unreadable image ({why})") from e
             self._undecodable.add(index)
-            self.skipped.append((path, f"{type(e).__name__}: {e}"))
-            report_skipped(self.skipped[-1:])
+            self.skipped.append((path, why))
+            report_skipped(self.skipped[-1:], self.source)
             return None
 
     def _load(self, index: int) -> tuple[np.ndarray, int]:
@@ -147,7 +148,11 @@ def load_dataset(
     class_cond: bool = True,
     seed: int = 0,
 ) -> ImageDataset:
-    """'fashion-mnist', an image folder or a .npz -> dataset of (float32 [C, S, S] in [-1, 1], int64 label)."""
+    """'fashion-mnist', an image folder or a .npz -> dataset of (float32 [C, S, S] in [-1, 1], int64 label).
+
+    channels=None keeps the source's own: 1 for Fashion-MNIST, C of an .npz, and for a folder 1 when
+    every image is grey (PIL mode L, LA, I, I;16, 1, read from the headers), else 3.
+    """
     try:
         size = 0 if isinstance(image_size, bool) else operator.index(image_size)
     except TypeError:
@@ -171,7 +176,9 @@ def load_dataset(
         index = scan_folder(path, on_error=on_error)
         labels = np.asarray(index.labels if class_cond else [0] * len(index.paths), dtype=np.int64)
         names = index.class_names if class_cond else []
-        return FolderImageDataset(index, labels, names, channels or 3, source=str(path), on_error=on_error, **common)
+        # channels=None: the data's own, from the files' headers (1 when every image is grey, else 3)
+        return FolderImageDataset(index, labels, names, channels or index.channels, source=str(path),
+                                  on_error=on_error, **common)
     if path.suffix.lower() == ".npz" or zipfile.is_zipfile(path):
         images, labels = load_npz(path)
         if labels is None or not class_cond:

@@ -12,6 +12,8 @@ from PIL import Image
 from adm.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# PIL modes that hold grey content only (1 channel once converted to "L"); every other mode is colour.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 class CorruptImageWarning(UserWarning):
@@ -26,6 +28,12 @@ class FolderIndex:
     labels: list[int]
     class_names: list[str]  # empty for a flat (unlabelled) folder
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
+    modes: list[str] = field(default_factory=list)  # PIL mode of each path, from its header
+
+    @property
+    def channels(self) -> int:
+        """The data's own channels: 1 when every image is grey (GREY_MODES), else 3."""
+        return 1 if self.modes and all(m in GREY_MODES for m in self.modes) else 3
 
 
 def is_image_file(path: Path) -> bool:
@@ -42,25 +50,51 @@ def _images_under(folder: Path, recursive: bool) -> list[Path]:
     return sorted(found)
 
 
-def check_image(path: Path) -> str | None:
-    """Open the header and verify the file cheaply; returns why it is unreadable, or None when fine."""
+def describe_error(e: BaseException, path: Path | str) -> str:
+    """Why PIL could not read `path`, without the path PIL repeats ('cannot identify image file')."""
+    text = str(e)
+    for shown in (repr(os.fspath(path)), repr(str(path)), os.fspath(path)):  # quoted first, then bare
+        text = text.replace(f" {shown}", "").replace(shown, "")
+    text = text.strip(" :")
+    return text or type(e).__name__
+
+
+def check_image_mode(path: Path) -> tuple[str | None, str]:
+    """(why the file is unreadable or None, its PIL mode from the header): one cheap open, no decoding."""
     try:
         with Image.open(path) as image:
+            mode = image.mode
             image.verify()  # checks structure (PNG CRCs, ...) without decoding all pixels
-        return None
+        return None, mode
     except Exception as e:  # PIL raises many types: UnidentifiedImageError, SyntaxError, OSError, ...
-        return f"{type(e).__name__}: {e}"
+        return describe_error(e, path), ""
 
 
-def report_skipped(skipped: list[tuple[Path, str]], limit: int = 20) -> None:
-    """Warn (stderr) about unreadable images, each with its path and reason."""
+def check_image(path: Path) -> str | None:
+    """Open the header and verify the file cheaply; returns why it is unreadable, or None when fine."""
+    return check_image_mode(path)[0]
+
+
+def _shown(path: Path | str) -> str:
+    """A path as the user would type it: relative to the working directory when it lies below it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def report_skipped(skipped: list[tuple[Path, str]], root: Path | str | None = None, limit: int = 3) -> None:
+    """Warn about unreadable images in one line: how many, where, and the first few paths with reasons."""
     if not skipped:
         return
-    lines = [f"  {p}: {why}" for p, why in skipped[:limit]]
-    if len(skipped) > limit:
-        lines.append(f"  ... and {len(skipped) - limit} more (all listed in dataset.skipped)")
+    n = len(skipped)
+    where = f" in {_shown(root).rstrip(os.sep)}{os.sep}" if root is not None else ""
+    shown = "; ".join(f"{_shown(p)}: {why}" for p, why in skipped[:limit])
+    if n > limit:
+        shown += f"; and {n - limit} more, all in dataset.skipped"
     warnings.warn(
-        f"skipped {len(skipped)} unreadable image(s):\n" + "\n".join(lines),
+        f"skipped {n} unreadable image{'s' if n != 1 else ''}{where} ({shown})",
         CorruptImageWarning,
         stacklevel=5,  # the caller of load_dataset or of dataset[i] (both four frames up)
     )
@@ -96,21 +130,23 @@ def scan_folder(root: Path, on_error: str = "skip") -> FolderIndex:
     if not paths:
         raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
     index = FolderIndex(paths, labels, class_names)
-    _drop_unreadable(index, on_error)
+    _drop_unreadable(index, on_error, root)
     if not index.paths:
         raise DataError(f"{root}: none of the {len(index.skipped)} image files can be read")
     return index
 
 
-def _drop_unreadable(index: FolderIndex, on_error: str) -> None:
-    """Check every file (threads: it is I/O); remove the bad ones from the index, or raise on the first."""
+def _drop_unreadable(index: FolderIndex, on_error: str, root: Path | None = None) -> None:
+    """Check every file (threads: it is I/O) and note its mode; remove the bad ones, or raise on the first."""
     workers = min(8, (os.cpu_count() or 1) * 2) if len(index.paths) > 64 else 1
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            problems = list(pool.map(check_image, index.paths, chunksize=64))
+            checked = list(pool.map(check_image_mode, index.paths, chunksize=64))
     else:
-        problems = [check_image(p) for p in index.paths]
+        checked = [check_image_mode(p) for p in index.paths]
+    problems = [why for why, _ in checked]
     keep = [i for i, why in enumerate(problems) if why is None]
+    index.modes = [checked[i][1] for i in keep]
     if len(keep) == len(index.paths):
         return
     bad = [(index.paths[i], why) for i, why in enumerate(problems) if why is not None]
@@ -120,4 +156,4 @@ def _drop_unreadable(index: FolderIndex, on_error: str) -> None:
     index.skipped += bad
     index.paths = [index.paths[i] for i in keep]
     index.labels = [index.labels[i] for i in keep]
-    report_skipped(bad)
+    report_skipped(bad, root)

@@ -9,7 +9,7 @@ import numpy as np
 
 from adm.errors import DataError
 from adm.eval.features import InceptionFeatures, TinyFeatures, load_feature_network
-from adm.eval.images import ImageSource, format_shape, npz_keys, open_images
+from adm.eval.images import ImageSource, format_shape, npz_keys, open_images, open_preprocessed
 from adm.eval.metrics import K_NEIGHBOURS, frechet_distance, precision_recall
 from adm.eval.stats import (PAPER_STATS, BatchStats, cache_path, compute_stats, load_cached, read_stats_file,
                             save_cache, write_npz)
@@ -43,8 +43,10 @@ def check_compatible(ref: tuple[int, int, int] | None, samples: tuple[int, int, 
         samples = (*samples[:2], ref[2])
     if ref != samples:
         raise DataError(f"REF images are {format_shape(ref)} but SAMPLES are {format_shape(samples)} (HxWxC; "
-                        f"C=1: grey content): the metrics compare like with like; pass --resize to feed both to "
-                        f"the network at its input size anyway")
+                        f"C=1: grey content): the metrics compare like with like; for a reference from training "
+                        f"data, preprocess it as training does (adm make-ref DATA REF.npz --image-size "
+                        f"{samples[0]} --channels {samples[2]}), or pass --resize to feed both to the network "
+                        f"at its input size anyway")
 
 
 def reference_stats(ref: str | os.PathLike | ImageSource, net: InceptionFeatures | TinyFeatures,
@@ -80,10 +82,13 @@ def reference_stats(ref: str | os.PathLike | ImageSource, net: InceptionFeatures
 def evaluate(ref: str | os.PathLike | ImageSource, samples: str | os.PathLike | ImageSource,
              features: str = "inception", device: str = "cpu", batch_size: int = 64,
              weights: str | os.PathLike | None = None, allow_resize: bool = False, use_cache: bool = True,
-             progress: bool = True) -> EvalResult:
-    """FID, sFID, IS, precision and recall of `samples` against `ref` (npz, image folder or ImageSource)."""
-    net = load_feature_network(features, device, weights)
+             progress: bool = True, num: int | None = None) -> EvalResult:
+    """FID, sFID, IS, precision and recall of `samples` against `ref` (npz, image folder or ImageSource);
+    num: only the first `num` samples (DataError when there are fewer)."""
     source = samples if isinstance(samples, ImageSource) else open_images(samples, allow_mixed=allow_resize)
+    if num is not None:
+        source = source.head(num)  # before the network loads: a wrong count fails at once
+    net = load_feature_network(features, device, weights)
     ref_stats = reference_stats(ref, net, batch_size, progress, use_cache, allow_resize)
     check_compatible(ref_stats.shape, source.shape, allow_resize, unread=True)  # fail before the long part
     stats = compute_stats(source, net, batch_size, progress)
@@ -115,13 +120,32 @@ def evaluate(ref: str | os.PathLike | ImageSource, samples: str | os.PathLike | 
 def make_reference(source: str | os.PathLike | ImageSource, out: str | os.PathLike, features: str = "inception",
                    device: str = "cpu", batch_size: int = 64, weights: str | os.PathLike | None = None,
                    with_images: bool = True, allow_resize: bool = False, pad: bool = True,
-                   num: int | None = None, progress: bool = True) -> BatchStats:
-    """Write a reference .npz: statistics and features for `features`, plus arr_0 (3-channel uint8) by default."""
-    net = load_feature_network(features, device, weights)
-    if not isinstance(source, ImageSource):
+                   num: int | None = None, progress: bool = True, image_size: int | None = None,
+                   channels: int | None = None) -> BatchStats:
+    """Write a reference .npz: statistics and features for `features`, plus arr_0 (3-channel uint8) by default.
+
+    image_size (and channels: 1, 3 or None for the data's own) preprocess `source` exactly as training
+    does (`adm.data.load_dataset`), so the reference matches a model trained on it; without them the
+    images are taken as they are (Fashion-MNIST zero-padded to 32x32 unless pad=False).
+    """
+    if image_size is not None or channels is not None:
+        if isinstance(source, ImageSource):
+            raise DataError("image_size/channels preprocess a data source (folder, .npz, 'fashion-mnist'); "
+                            "this is an ImageSource already")
+        if image_size is None:
+            raise DataError("--channels needs --image-size: both apply the training preprocessing "
+                            "(give the model's image size)")
+        if not pad:
+            raise DataError("--no-pad does not go with --image-size: the training preprocessing pads "
+                            "Fashion-MNIST at 32 and resizes it at other sizes")
+        if channels not in (None, 1, 3):
+            raise DataError(f"channels must be 1 (grey), 3 (RGB) or the data's own, got {channels!r}")
+        source = open_preprocessed(source, image_size, channels)
+    elif not isinstance(source, ImageSource):
         source = open_images(source, allow_mixed=allow_resize, pad=pad)
     if num is not None:
         source = source.head(num)
+    net = load_feature_network(features, device, weights)
     stats = compute_stats(source, net, batch_size, progress)
     arrays = stats.arrays(f"adm_{net.name}")
     if net.name.startswith("inception"):  # the paper's names too, so the official evaluator can read the file
