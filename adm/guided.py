@@ -9,50 +9,18 @@ from torch import nn
 
 from adm.diffusion.config import DiffusionConfig
 from adm.diffusion.process import Diffusion
-from adm.diffusion.schedule import count_timesteps
+from adm.data.images import to_uint8 as data_to_uint8
 from adm.errors import ConfigError
-from adm.nn.compiling import CompiledWithFallback
+from adm.runtime import CompiledWithFallback
 from adm.sampling import SAMPLERS, get_sampler
 from adm.sampling.guidance import classifier_free_guidance, classifier_guidance
 from adm.sampling.model import Callback, CondFn, ModelFn
 from adm.sampling.seeds import SeededNoise, initial_noise
 
-# Steps when none are given: the paper's 250 DDPM steps; 25 for DDIM; 20 model calls for DPM-Solver++
-# (the count its authors recommend with guidance; on the Fashion-MNIST demo 8 already match DDIM-25).
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 25, "dpmpp2m": 20}
-
-
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] floats in [-1, 1] -> [N, H, W, C] uint8, as the paper's .npz batches store them
-    (guided-diffusion truncates: ((x + 1) * 127.5).clamp(0, 255).to(uint8))."""
-    return ((images + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
-def respacing_for(steps: int | str | None, sampler: str, num_steps: int) -> str:
-    """The respacing spec for `steps`: a string is used as given ("250", "ddim25", "10,15,20",
-    "logsnr11"); an int N means N evenly spaced steps, for DDIM the DDIM paper's stride ("ddimN") when
-    one gives N, and for DPM-Solver++ N model calls on steps spaced evenly in log-SNR ("logsnr{N+1}":
-    the solver reads its solution at the last step without a call)."""
-    if steps is None:
-        steps = DEFAULT_STEPS.get(sampler, 250)
-    if isinstance(steps, str):
-        count_timesteps(num_steps, steps)  # fail early on a bad spec
-        return steps
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ConfigError(f"steps must be a positive integer or a respacing string, got {steps!r}")
-    if sampler == "ddim":
-        try:
-            count_timesteps(num_steps, f"ddim{int(steps)}")
-            return f"ddim{int(steps)}"
-        except ConfigError:
-            pass
-    if sampler == "dpmpp2m":
-        if int(steps) >= num_steps:
-            raise ConfigError(f"DPM-Solver++ makes at most {num_steps - 1} model calls on a {num_steps}-step process "
-                              f"(asked for {int(steps)})")
-        return f"logsnr{int(steps) + 1}"
-    count_timesteps(num_steps, str(int(steps)))
-    return str(int(steps))
+    """[N, C, H, W] floats in [-1, 1] -> [N, H, W, C] uint8 as the paper's .npz batches store them
+    (adm.data.to_uint8, as a CPU tensor)."""
+    return torch.from_numpy(data_to_uint8(images))
 
 
 def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
@@ -91,7 +59,7 @@ def generate(
     shape: Sequence[int],                        # [N, C, H, W]
     *,
     sampler: str = "ddpm",                       # one of adm.sampling.SAMPLERS
-    steps: int | str | None = None,              # see respacing_for
+    steps: int | str | None = None,              # model calls, or a respacing spec (Sampler.respacing)
     seed: int | Sequence[int] = 0,               # image i uses seed + i
     model_kwargs: dict | None = None,            # per-image tensors ([N, ...]) are cut into batches
     cond_fn_for: Callable[[slice], CondFn | None] | None = None,  # guidance for a batch of images
@@ -105,15 +73,15 @@ def generate(
     """[N, C, H, W] samples clamped to [-1, 1] (guidance can push the last step slightly past the
     range) from any sampler, with per-image seeded noise."""
     sample_fn = get_sampler(sampler)
-    if eta and sampler != "ddim":
+    if eta and not sample_fn.takes_eta:
         raise ConfigError(f"eta applies to the ddim sampler only (sampler is {sampler!r})")
-    diffusion = Diffusion.from_config(diffusion_config, respacing_for(steps, sampler, diffusion_config.steps))
+    diffusion = Diffusion.from_config(diffusion_config, sample_fn.respacing(steps, diffusion_config.steps))
     n = int(shape[0])
     seeds = _seeds(seed, n)
     batch_size = n if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    extra = {"eta": eta} if sampler == "ddim" else {}
+    extra = {"eta": eta} if sample_fn.takes_eta else {}
     out = []
     for lo in range(0, n, batch_size):
         part = slice(lo, min(n, lo + batch_size))
@@ -289,4 +257,4 @@ def upsample(
                     callback=callback, device=device)
 
 
-__all__ = ["ADM_G", "DEFAULT_STEPS", "SAMPLERS", "generate", "respacing_for", "to_uint8", "upsample"]
+__all__ = ["ADM_G", "SAMPLERS", "generate", "random_labels", "to_uint8", "upsample"]

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from adm import presets
+from adm.hub import build_preset
 from official_style import official_style
 
 # Configurations: the paper's 64x64 ImageNet pair, and the small demo pair (32x32 grey, 10 classes).
@@ -120,7 +120,7 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
 def build_model(name: str, device: torch.device, seed: int = 0, **overrides) -> nn.Module:
     """A preset's network with random weights, eval mode, built directly on `device`."""
     with torch.device(device):
-        return randomize(presets.build(name, **overrides), seed).eval()
+        return randomize(build_preset(name, **overrides), seed).eval()
 
 
 def build_pair(config: str, device: torch.device, seed: int = 0, **overrides) -> tuple[nn.Module, nn.Module]:

@@ -25,7 +25,6 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adm.nn import ADM, ADM_classifier

@@ -14,7 +14,7 @@ import time
 import torch
 
 import adm
-from adm import presets
+from adm.hub import build_preset
 
 
 def main() -> None:
@@ -28,8 +28,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    model = presets.build("ADM_demo_fashion_mnist", pretrained=True).to(dev).eval()
-    clf = presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True).to(dev).eval()
+    model = build_preset("ADM_demo_fashion_mnist", pretrained=True).to(dev).eval()
+    clf = build_preset("ADM_classifier_demo_fashion_mnist", pretrained=True).to(dev).eval()
     guided = adm.ADM_G(model, clf, scale=2.0)
     labels = torch.arange(args.num) % 10
     runs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs.split(",")]

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 import adm
-from adm import presets
+import adm.data
+from adm.hub import build_preset
 
 SCALES = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
 
@@ -61,14 +62,14 @@ def _claim(path: Path | None, lock: Path) -> bool:
 
 
 def cmd_sample(args) -> None:
-    from adm.cli.common import autocast, parse_dtype
+    from adm.runtime import autocast, parse_dtype
 
     dev = torch.device(args.device)
     dtype = parse_dtype(args.dtype)
     model = (adm.ADM.from_pretrained(args.model) if args.model
-             else presets.build("ADM_demo_fashion_mnist", pretrained=True)).to(dev).eval()
+             else build_preset("ADM_demo_fashion_mnist", pretrained=True)).to(dev).eval()
     clf = (adm.ADM_classifier.from_pretrained(args.classifier) if args.classifier
-           else presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True)).to(dev).eval()
+           else build_preset("ADM_classifier_demo_fashion_mnist", pretrained=True)).to(dev).eval()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for run in configurations():
@@ -89,7 +90,7 @@ def cmd_sample(args) -> None:
             with autocast(dev, dtype):
                 x = guided.sample(labels[i:i + args.batch_size].to(dev), steps=run["steps"], sampler=run["sampler"],
                                   seed=seeds[i:i + args.batch_size], progress=False)
-            chunks.append(adm.guided.to_uint8(x.float()).cpu().numpy())
+            chunks.append(adm.data.to_uint8(x))
             print(f"  {run['name']}: {i + len(chunks[-1])}/{num} ({time.time() - t0:.0f} s)", flush=True)
         seconds = time.time() - t0
         tmp = path.with_suffix(".tmp.npz")

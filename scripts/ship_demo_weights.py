@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from adm import presets
+from adm.hub import presets
 from adm.nn import ADM, ADM_classifier
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "adm" / "weights"
@@ -22,7 +22,7 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "adm" / "weights"
 def ship(run_dir: Path, cls, preset: str) -> None:
     src = run_dir / "model"
     model = cls.from_pretrained(src)
-    expected = presets.get(preset).config()
+    expected = presets.get(preset).config
     if model.config != expected:
         raise SystemExit(f"{src}: config differs from the preset {preset}")
     extra = json.loads((src / "config.json").read_text()).get("extra", {})

@@ -18,7 +18,7 @@ import time
 import torch
 
 import adm
-from adm import presets
+from adm.hub import build_preset
 from adm.diffusion.process import Diffusion
 from adm.sampling import classifier_guidance, get_sampler
 
@@ -34,8 +34,8 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
 
-    model = presets.build("ADM_demo_fashion_mnist", pretrained=True).eval()
-    clf = presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True).eval()
+    model = build_preset("ADM_demo_fashion_mnist", pretrained=True).eval()
+    clf = build_preset("ADM_classifier_demo_fashion_mnist", pretrained=True).eval()
     cfg = model.config
     x_T = torch.randn(args.num, cfg.in_channels, cfg.image_size, cfg.image_size,
                       generator=torch.Generator().manual_seed(args.seed))

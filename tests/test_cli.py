@@ -53,9 +53,9 @@ def models(tmp_path_factory) -> Path:
     from adm.compat import config_from_flags, parse_flags
 
     torch.save(ADM(config_from_flags(parse_flags(FLAGS))).state_dict(), d / "x.pt")
-    from adm import presets
+    from adm.hub import build_preset, presets
 
-    torch.save(presets.build("ADM_demo_fashion_mnist").state_dict(), d / "demo.pt")  # recognised from its shapes
+    torch.save(build_preset("ADM_demo_fashion_mnist").state_dict(), d / "demo.pt")  # recognised from its shapes
     # a training run directory: RUN/config.json and the exported EMA model RUN/model
     (d / "run").mkdir()
     (d / "run" / "config.json").write_text(json.dumps({"trainer": "diffusion", "max_steps": 10}))
@@ -200,7 +200,7 @@ def test_demo_with_tiny_models(models, tmp_path):
         assert grid.width > 3 * 64 and grid.height > 4 * 64  # 4 rows x 3 columns, drawn 4x, labelled
     proc = adm("demo", "--model", str(models / "run"), "--classifier", str(models / "C"), "--sampler", "dpmpp2m",
                "--steps", "3", "--scales", "2", "--out", str(tmp_path / "dpm"), "--no-progress")
-    assert "4 images (4 classes x scales 2; 3 DPM-Solver++ model calls)" in proc.stdout
+    assert "4 images (4 classes x scales 2; dpmpp2m, 3 model calls)" in proc.stdout
 
 
 # Each bad input: one line on stderr, exit status 2, no traceback. Run in one interpreter (each case
@@ -230,7 +230,7 @@ def error_cases(m: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["sample", "--model", M, "--device", "cuda:7"], "device"),
         (["upsample", str(tmp / "none.npz"), "--model", U], "no such file"),
         (["upsample", str(m / "A" / "samples_6x16x16x3.npz"), "--model", U, "--labels", "9"], "out of range"),
-        (["convert", str(m / "x.pt"), str(tmp / "c")], "matches no released preset"),
+        (["convert", str(m / "x.pt"), str(tmp / "c")], "match no known preset"),
         (["convert", str(m / "x.pt"), str(tmp / "c"), "--preset", "ADM_U_64"], "unknown preset"),
         (["info", str(tmp / "nothing.pt")], "no such file or directory"),
         (["demo", "--model", M, "--classifier", str(tmp / "nope"), "--out", str(tmp / "d")], "not found"),
@@ -287,7 +287,7 @@ def test_help_has_examples():
 
 
 def _shipped() -> bool:
-    from adm import presets
+    from adm.hub import build_preset, presets
     from adm.errors import CheckpointError
 
     try:
@@ -314,9 +314,9 @@ def test_demo_as_the_readme_runs_it(tmp_path):
     assert len(images) == 40
     import torch
 
-    from adm import presets
+    from adm.hub import build_preset, presets
 
-    clf = presets.build("ADM_classifier_demo_fashion_mnist", pretrained=True).eval()
+    clf = build_preset("ADM_classifier_demo_fashion_mnist", pretrained=True).eval()
     names = sorted(n for n in images if n.endswith("_scale4.png"))
     x = torch.stack([torch.from_numpy(images[n].copy()).float().reshape(32, 32, -1)[..., :1].permute(2, 0, 1) for n in names])
     with torch.no_grad():
@@ -333,3 +333,30 @@ def test_shipped_demo_models(tmp_path):
     record = json.loads((tmp_path / "s" / "samples.json").read_text())["settings"]
     assert record["classifier"] == "ADM_classifier_demo_fashion_mnist" and record["scale"] == 2.0
     assert record["sampler"] == "ddim" and record["steps"] == "ddim2"
+
+
+def test_cfg_is_refused_for_a_model_whose_null_label_was_never_trained(models, tmp_path):
+    d = tmp_path / "nodrop"
+    shutil.copytree(models / "M", d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["extra"] = {"step": 5, "trainer": "diffusion", "label_dropout": 0.0}
+    (d / "config.json").write_text(json.dumps(cfg))
+    proc = adm("sample", "--model", str(d), "--cfg-scale", "3", "--num", "1", "--steps", "1",
+               "--out", str(tmp_path / "o"), "--no-progress", ok=False)
+    assert proc.returncode == 2 and "never trained" in proc.stderr and "Traceback" not in proc.stderr
+    cfg["extra"]["label_dropout"] = 0.1  # trained with label dropout: accepted
+    (d / "config.json").write_text(json.dumps(cfg))
+    adm("sample", "--model", str(d), "--cfg-scale", "3", "--num", "1", "--steps", "1", "--out", str(tmp_path / "p"),
+        "--no-progress")
+
+
+def test_convert_takes_adms_own_runs_and_checkpoints(models, tmp_path):
+    proc = adm("convert", str(models / "run"), str(tmp_path / "a"))
+    assert "adm ADM" in proc.stdout
+    ref = ADM.from_pretrained(models / "run" / "model").state_dict()
+    got = ADM.from_pretrained(tmp_path / "a").state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    proc = adm("convert", str(models / "run" / "checkpoints" / "step_00000010.pt"), str(tmp_path / "b"))
+    assert "step 10" in proc.stdout  # the checkpoint's EMA weights
+    got = ADM.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)

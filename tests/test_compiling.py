@@ -1,4 +1,4 @@
-"""torch.compile with an eager fallback (adm.nn.compiling), in sampling and training."""
+"""torch.compile with an eager fallback (adm.runtime), in sampling and training."""
 import warnings
 
 import pytest
@@ -8,7 +8,7 @@ from adm.diffusion import DiffusionConfig
 from adm.errors import ConfigError
 from adm.guided import ADM_G
 from adm.nn import ADM, ADM_classifier, ADMConfig, ClassifierConfig
-from adm.nn.compiling import CompiledWithFallback, compile_with_fallback
+from adm.runtime import CompiledWithFallback, compile_with_fallback
 from helpers import randomized
 
 DIFF = DiffusionConfig(steps=50, noise_schedule="cosine", learn_sigma=True)

@@ -133,25 +133,6 @@ def test_npz_without_labels_and_bad_labels(tmp_path):
         load_dataset(str(bad), 8)
 
 
-def test_random_flip_is_reproducible_and_off_by_default(tmp_path):
-    images = np.zeros((64, 4, 4, 1), np.uint8)
-    images[:, :, 0] = 255  # a bright left column: flipped items have it on the right
-    path = save_npz(tmp_path / "f.npz", images)
-
-    def flipped(ds):
-        return [bool(ds[i][0][0, 0, -1] > 0) for i in range(len(ds))]
-
-    assert not any(flipped(load_dataset(str(path), 4)))
-    ds = load_dataset(str(path), 4, random_flip=True, seed=7)
-    first = flipped(ds)
-    assert 10 < sum(first) < 54 and flipped(load_dataset(str(path), 4, random_flip=True, seed=7)) == first
-    ds.set_epoch(1)
-    assert flipped(ds) != first
-    loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
-    through_workers = [bool(v) for x, _ in loader for v in x[:, 0, 0, -1] > 0]
-    assert through_workers == flipped(ds)
-
-
 def test_errors_name_the_path_or_the_argument(tmp_path):
     with pytest.raises(DataError, match="nowhere: no such file or folder"):
         load_dataset(str(tmp_path / "nowhere"), 32)

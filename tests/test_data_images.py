@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from adm.data import center_crop_resize, load_npz, make_grid, save_grid, save_npz, save_png, to_uint8
-from adm.data.preprocess import flip_decision, to_tensor
+from adm.data.preprocess import to_tensor
 from adm.errors import DataError
 
 
@@ -154,11 +154,3 @@ def test_box_halving_then_bicubic():
     # 100x50 -> halved once to 50x25 -> bicubic to 32x16 -> 16x16 from the middle.
     out = center_crop_resize(Image.new("RGB", (100, 50), (0, 128, 255)), 16)
     assert out.shape == (16, 16, 3) and (out == (0, 128, 255)).all()
-
-
-def test_flip_decision_is_a_fair_reproducible_hash():
-    flips = [flip_decision(0, 0, i) for i in range(2000)]
-    assert flips == [flip_decision(0, 0, i) for i in range(2000)]
-    assert 900 < sum(flips) < 1100
-    assert flips != [flip_decision(0, 1, i) for i in range(2000)]
-    assert flips != [flip_decision(1, 0, i) for i in range(2000)]

@@ -5,7 +5,8 @@ import torch
 import adm
 from adm.diffusion import Diffusion, DiffusionConfig, space_timesteps
 from adm.errors import ConfigError
-from adm.guided import ADM_G, respacing_for, to_uint8, upsample
+from adm.guided import ADM_G, to_uint8, upsample
+from adm.sampling import get_sampler
 from adm.nn import ADM, ADM_U, ADM_classifier, ADMConfig, ADMUConfig, ClassifierConfig
 from adm.sampling import SAMPLERS, classifier_free_guidance, classifier_guidance, sample_ddim, sample_ddpm
 from helpers import randomized
@@ -67,7 +68,7 @@ def test_zero_scale_cond_fn_matches_no_cond_fn(nets, sampler):
     a = fn(nets["cond"], d, x, model_kwargs={"y": y}, noise=noise)
     b = fn(nets["cond"], d, x, model_kwargs={"y": y}, noise=noise,
            cond_fn=classifier_guidance(nets["clf"], 0.0, labels=y))
-    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, b, atol=1e-4)  # eps re-derived from x_0 and back: rounding through the chain
 
 
 def test_classifier_gradient_is_scaled_log_prob_gradient(nets):
@@ -104,8 +105,9 @@ def test_classifier_free_guidance(nets):
     cond, uncond = m(x, t, y), m(x, t, null)
     for w in (0.0, 1.0, 4.0):
         out = classifier_free_guidance(m, w, m.null_label)(x, t, y=y)
-        assert torch.allclose(out[:, :3], uncond[:, :3] + w * (cond[:, :3] - uncond[:, :3]), atol=1e-5)
-        assert torch.allclose(out[:, 3:], cond[:, 3:], atol=1e-5)  # the variance: the conditional one
+        # (one doubled batch against two single ones: float rounding of ~5e-6 per output, amplified by w)
+        assert torch.allclose(out[:, :3], uncond[:, :3] + w * (cond[:, :3] - uncond[:, :3]), atol=1e-4)
+        assert torch.allclose(out[:, 3:], cond[:, 3:], atol=2e-5)  # the variance: the conditional one
     plain = ADM_G(m).sample([1, 2], steps=4, sampler="dpmpp2m", seed=3)
     assert torch.equal(plain, ADM_G(m, scale=1.0).sample([1, 2], steps=4, sampler="dpmpp2m", seed=3))
     guided = ADM_G(m, scale=3.0).sample([1, 2], steps=4, sampler="dpmpp2m", seed=3)
@@ -119,7 +121,11 @@ def test_callback_and_progress(nets, capsys):
     assert "DDIM" in capsys.readouterr().err
 
 
-def test_respacing_for():
+def respacing_for(steps, sampler, num_steps):
+    return get_sampler(sampler).respacing(steps, num_steps)
+
+
+def test_sampler_respacing():
     assert respacing_for(25, "ddim", 1000) == "ddim25"
     assert respacing_for(300, "ddim", 1000) == "300"  # no stride gives 300: even sections
     assert respacing_for(250, "ddpm", 1000) == "250" and respacing_for("10,15", "ddpm", 1000) == "10,15"

@@ -160,12 +160,36 @@ def test_checksum_mismatch_deletes_part(server, tmp_path):
     assert list((tmp_path / "cache").glob("ckpt.pt*")) == [tmp_path / "cache" / "ckpt.pt.lock"]
 
 
-def test_corrupt_cached_file_is_fetched_again(server, tmp_path):
+def test_a_cached_file_that_fails_its_known_digest_is_moved_aside_never_loaded(server, tmp_path):
     final = tmp_path / "cache" / "ckpt.pt"
     final.parent.mkdir(parents=True)
     final.write_bytes(b"garbage")
-    assert _get(server, sha256=DIGEST).read_bytes() == BODY
+    with pytest.raises(CheckpointError) as err:
+        _get(server, sha256=DIGEST)
+    msg = str(err.value)
+    assert str(final) in msg and "moved" in msg and "\n" not in msg
+    assert not final.exists() and final.with_name("ckpt.pt.corrupt").read_bytes() == b"garbage"
+    assert _get(server, sha256=DIGEST).read_bytes() == BODY  # the next run downloads it again
     assert len(server.state.ranges) == 1
+
+
+def test_without_a_known_digest_the_first_download_records_one(server, tmp_path):
+    path = _get(server)
+    assert path.with_name("ckpt.pt.sha256").read_text().split()[0] == DIGEST
+    assert _get(server) == path and len(server.state.ranges) == 1  # unchanged: used from the cache
+    path.write_bytes(BODY[:-1] + bytes([BODY[-1] ^ 1]))  # one flipped bit after the download
+    with pytest.raises(CheckpointError, match="recorded when it was downloaded"):
+        _get(server)
+    assert not path.exists() and path.with_name("ckpt.pt.corrupt").is_file()
+    assert _get(server).read_bytes() == BODY and len(server.state.ranges) == 2
+
+
+def test_a_file_placed_in_the_cache_by_hand_is_recorded_then_checked(server, tmp_path):
+    final = tmp_path / "cache" / "ckpt.pt"
+    final.parent.mkdir(parents=True)
+    final.write_bytes(BODY)
+    assert _get(server) == final and server.state.ranges == []  # no download: recorded as it is
+    assert final.with_name("ckpt.pt.sha256").read_text().split()[0] == DIGEST
 
 
 def test_http_404_is_a_clear_error(server, tmp_path):
@@ -211,16 +235,24 @@ def test_file_url_and_local_path_are_used_in_place(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_resolve_weights(server, tmp_path):
-    assert hub.resolve_weights(True, url=_url(server), filename="a.pt", sha256=DIGEST) == tmp_path / "cache" / "a.pt"
-    local = tmp_path / "mine.pt"
-    local.write_bytes(b"x")
-    assert hub.resolve_weights(local) == local
-    assert hub.resolve_weights(str(local), sha256=DIGEST) == local  # own file: official digest not applied
-    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "missing.pt"))):
-        hub.resolve_weights(tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match="no official weights"):
-        hub.resolve_weights(True)
+def test_the_published_digest_of_a_release_is_checked():
+    from adm.hub import presets
+
+    p = presets.get("ADM_diffusion_256_unconditioned")
+    assert p.sha256 == "983e3de6f95c88c81b2ca7ebb2c217933be1973b1ff058776b970f901584613a"
+    assert presets.get("ADM_diffusion_64_conditioned").sha256 is None  # recorded at its first download
+
+
+def test_preset_weights_download_is_verified(server, tmp_path, monkeypatch):
+    from adm.hub import presets
+
+    monkeypatch.setattr(presets, "RELEASE_URL", _url(server, "/"))
+    monkeypatch.setitem(presets.KNOWN_SHA256, "ckpt.pt", DIGEST)
+    monkeypatch.setitem(presets.PRESETS, "tiny", presets.Preset("tiny", presets.DEMO_MODEL, "ckpt.pt"))
+    assert hub.preset_weights("tiny") == tmp_path / "cache" / "ckpt.pt"
+    monkeypatch.setitem(presets.KNOWN_SHA256, "ckpt.pt", "0" * 64)
+    with pytest.raises(CheckpointError, match="ckpt.pt: the cached file does not match its known digest"):
+        hub.preset_weights("tiny")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="downloads are serialized with POSIX flock")

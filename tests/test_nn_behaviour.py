@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import adm
-from adm import presets
+from adm import hub
+from adm.hub import build_preset, presets
 from adm.errors import AdmError, CheckpointError, ConfigError
 from adm.nn import ADM, ADM_U, ADM_classifier, ADMConfig, ADMUConfig, ClassifierConfig
 from adm.nn.layers import AttentionBlock, ResBlock, qkv_attention
@@ -80,7 +81,7 @@ def test_bad_inputs_give_one_clear_error():
     with pytest.raises(ConfigError, match="did you mean"):
         presets.get("ADM_diffusion_256_conditional")
     with pytest.raises(CheckpointError, match="closest released preset is 'ADM_diffusion_64_conditioned'"):
-        presets.build("ADM_diffusion_64_unconditioned", pretrained=True)
+        build_preset("ADM_diffusion_64_unconditioned", pretrained=True)
 
 
 def test_null_class_accepts_the_null_label():
@@ -118,7 +119,7 @@ def test_save_pretrained_round_trip(tmp_path):
     assert back.config == m.config
     for k, v in m.state_dict().items():
         assert torch.equal(v, back.state_dict()[k])
-    with pytest.raises(ConfigError, match="not a ADM_classifier"):
+    with pytest.raises(ConfigError, match="is a ADM; expected ADM_classifier"):
         ADM_classifier.from_pretrained(tmp_path / "m")
     # float16 export loads back into float32 weights
     m.save_pretrained(tmp_path / "h", dtype=torch.float16)
@@ -152,7 +153,7 @@ def test_official_pt_loading_and_refusals(tmp_path, load_golden):
     flags = dict(d["flags"], num_channels=64)
     with pytest.raises(CheckpointError, match="shape|missing"):
         ADM.from_pretrained(path, config=flags)
-    with pytest.raises(CheckpointError, match="matches no known preset"):
+    with pytest.raises(CheckpointError, match="match no known preset"):
         ADM.from_pretrained(path)
 
 
@@ -162,9 +163,9 @@ def test_mismatch_names_the_preset_that_fits(golden_dir):
     shapes = json.loads((golden_dir / "official_state_dict_shapes.json").read_text())
     sd = {k: torch.empty(s, device="meta") for k, s in shapes["64x64_classifier"]}
     with torch.device("meta"):
-        model = presets.build("ADM_classifier_128")
+        model = build_preset("ADM_classifier_128")
     with pytest.raises(CheckpointError, match="fits the preset 'ADM_classifier_64'"):
-        model.load_checked(sd)
+        hub.load_weights(model, sd, "checkpoint")
 
 
 def test_pretrained_download_from_a_local_server(tmp_path, monkeypatch, load_golden):
@@ -182,11 +183,11 @@ def test_pretrained_download_from_a_local_server(tmp_path, monkeypatch, load_gol
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cfg = classifier_config_from_flags(d["flags"])
-        preset = presets.Preset("tiny", "ADM_classifier", "", "tiny_classifier.pt", config_dict=cfg.to_dict())
+        preset = presets.Preset("tiny", cfg, "tiny_classifier.pt")
         monkeypatch.setitem(presets.PRESETS, "tiny", preset)
         monkeypatch.setattr(presets, "RELEASE_URL", f"http://127.0.0.1:{server.server_port}/")
         monkeypatch.setenv("ADM_CACHE", str(tmp_path / "cache"))
-        clf = presets.build("tiny", pretrained=True)
+        clf = build_preset("tiny", pretrained=True)
         assert (tmp_path / "cache" / "tiny_classifier.pt").is_file()
         assert torch.equal(clf.state_dict()["out.2.c_proj.weight"], d["state_dict"]["out.2.c_proj.weight"])
     finally:
@@ -217,7 +218,7 @@ def test_convert_to_fp16_casts_the_body_convolutions_only():
 def test_convert_checkpoint_recognises_and_round_trips(tmp_path, load_golden):
     d = load_golden("super_res.pt")
     torch.save(d["state_dict"], tmp_path / "sr.pt")
-    with pytest.raises(CheckpointError, match="matches no released preset"):
+    with pytest.raises(CheckpointError, match="match no known preset"):
         adm.convert_checkpoint(tmp_path / "sr.pt", tmp_path / "out")
     flags = " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in d["flags"].items())
     out, what = adm.convert_checkpoint(tmp_path / "sr.pt", tmp_path / "out", preset=flags)

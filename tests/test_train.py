@@ -13,8 +13,9 @@ from adm.cli.main import main
 from adm.errors import CheckpointError, ConfigError, DataError
 from adm.nn import ADM, ADM_U, ADM_classifier
 from adm.train import TensorData, TrainConfig, TrainingDiverged, train
-from adm.train import checkpoint as ckpt
-from adm.train.config import apply_overrides, model_config_to_dict
+from adm.train import state as ckpt
+from adm.nn.config import config_to_dict as model_config_to_dict
+from adm.train.config import apply_overrides
 from adm.train.data import BatchOrder
 from adm.train.loop import lr_at
 

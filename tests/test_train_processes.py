@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from adm.nn import ADM
-from adm.train import checkpoint as ckpt
+from adm.train import state as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--image-size", "8", "--set", "model_channels=32", "--set", "channel_mult=1,2", "--set", "num_res_blocks=1",
@@ -95,3 +95,30 @@ def test_two_gloo_processes_equal_one_process(tmp_path, npz):
     la = [json.loads(line)["loss"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(line)["loss"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert la == pytest.approx(lb, rel=1e-5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_saves_the_step_and_the_rerun_says_where_it_resumes(tmp_path, npz, sig):
+    out = tmp_path / "run"
+    args = ["train", "--data", npz, "--out", str(out), *TINY, *RUN, "--batch-size", "8", "--save-every", "1000",
+            "--log-every", "1000"]
+    proc = subprocess.Popen(adm_cmd(*args, "--max-steps", "100000"), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "config.json").is_file():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    time.sleep(3.0)  # a few steps, none of them a save
+    assert ckpt.list_checkpoints(out) == []
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    found = ckpt.list_checkpoints(out)
+    assert len(found) == 1, err
+    step = found[0][0]
+    assert f"interrupted at step {step}: checkpoint saved" in err and "Traceback" not in err
+    assert json.loads((out / "model" / "config.json").read_text())["extra"]["step"] == step
+    rerun = subprocess.run(adm_cmd(*args, "--max-steps", str(step + 1)), cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming {out} from step {step}" in rerun.stderr

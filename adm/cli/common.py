@@ -1,25 +1,21 @@
-"""Helpers shared by the sampling commands: model sources, devices, dtypes, seed and label lists."""
+"""What the commands share: argument groups, seed and label lists, loading for inference, output files."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from adm.errors import CheckpointError, ConfigError, DataError
+from adm.errors import ConfigError, DataError
+from adm.data.images import save_png
+from adm.runtime import DTYPES, atomic_write_bytes
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-KINDS = ("ADM", "ADM_U", "ADM_classifier")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # -- argparse -------------------------------------------------------------------------------------
@@ -38,49 +34,6 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="autocast precision (default: fp32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-# -- device and precision -------------------------------------------------------------------------
-def parse_device(text: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; an unavailable device raises ConfigError."""
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {text!r} (use cpu, cuda, cuda:N, mps or auto)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {text!r} requested but CUDA is not available (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {text!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError("device 'mps' requested but it is not available (use --device cpu)")
-    elif device.type != "cpu":
-        raise ConfigError(f"unsupported device {text!r} (use cpu, cuda, cuda:N, mps or auto)")
-    return device
-
-
-def parse_dtype(text: str) -> torch.dtype:
-    """fp32 | bf16 | fp16 (also float32, bfloat16, float16, half) -> torch dtype."""
-    aliases = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
-    key = aliases.get(text.lower(), text.lower())
-    if key not in DTYPES:
-        raise ConfigError(f"unknown dtype {text!r}; choose fp32, bf16 or fp16")
-    return DTYPES[key]
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """torch.autocast for bf16/fp16, nothing for fp32 (weights stay float32)."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # -- seeds and labels -----------------------------------------------------------------------------
@@ -139,65 +92,13 @@ def parse_labels(text: str | None, seeds: list[int], num_classes: int, what: str
     return [labels[i % len(labels)] for i in range(len(seeds))]
 
 
-# -- model sources --------------------------------------------------------------------------------
-def read_config(directory: Path) -> dict:
-    """config.json of a directory, as a dict ({} when absent); bad JSON raises CheckpointError."""
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    return data if isinstance(data, dict) else {}
+# -- models ---------------------------------------------------------------------------------------
+def load_model(source: str | None, kinds: tuple[str, ...] = ("ADM",), flags: dict | None = None,
+               checkpoint: str | None = None, what: str = "model", device: torch.device | str = "cpu"):
+    """adm.hub.load for sampling: float32, eval mode, no gradients, on `device`."""
+    from adm.hub import for_inference, load
 
-
-def is_model_dir(path: Path) -> bool:
-    """A save_pretrained directory: config.json with a network kind, and model.safetensors."""
-    return (path / WEIGHTS_NAME).is_file() and read_config(path).get("kind") in KINDS
-
-
-def _step_of(path: Path) -> int:
-    nums = re.findall(r"\d+", path.name)
-    return int(nums[-1]) if nums else -1
-
-
-def model_dirs_in(run_dir: Path, kinds: tuple[str, ...] | None = None) -> list[Path]:
-    """Saved model directories in a training run directory, best first: RUN_DIR/model (the exported
-    EMA weights), then other EMA exports, then the latest step."""
-    found = [p for p in sorted(run_dir.rglob(WEIGHTS_NAME)) if len(p.relative_to(run_dir).parts) <= 4]
-    dirs = [p.parent for p in found if is_model_dir(p.parent)]
-    if kinds is not None:
-        dirs = [d for d in dirs if read_config(d).get("kind") in kinds]
-
-    def rank(d: Path) -> tuple:
-        rel = str(d.relative_to(run_dir)).lower()
-        return (rel == "model", "ema" in rel, _step_of(d), d.stat().st_mtime)
-
-    return sorted(dirs, key=rank, reverse=True)
-
-
-def resolve_model_dir(path: Path, kinds: tuple[str, ...] | None = None) -> Path:
-    """The saved model directory `path` is, or the best one inside a run directory."""
-    if is_model_dir(path):
-        kind = read_config(path).get("kind")
-        if kinds is not None and kind not in kinds:
-            raise ConfigError(f"{path} holds a {kind}; expected {' or '.join(kinds)}")
-        return path
-    dirs = model_dirs_in(path, kinds)
-    if not dirs:
-        want = f"{' or '.join(kinds)} " if kinds else ""
-        raise CheckpointError(
-            f"{path} holds no saved {want}model (a directory with config.json and {WEIGHTS_NAME}, "
-            "or a training run directory with an exported one)"
-        )
-    return dirs[0]
-
-
-def model_class(kind: str) -> type:
-    from adm.nn import ADM, ADM_U, ADM_classifier
-
-    return {"ADM": ADM, "ADM_U": ADM_U, "ADM_classifier": ADM_classifier}[kind]
+    return for_inference(load(source, kinds, config=flags or None, checkpoint=checkpoint, what=what), device)
 
 
 # guided-diffusion's sampling-script flags, accepted inside --flags strings and applied as options
@@ -236,142 +137,6 @@ def split_flags(text: str | None) -> tuple[dict, dict]:
     return flags, script
 
 
-@dataclass
-class Loaded:
-    """A network loaded for sampling, with what is known about where it came from."""
-
-    model: torch.nn.Module
-    source: str                               # how the user named it (recorded with the samples)
-    preset: str | None = None                 # the preset it is (for the paper's sampling settings)
-    class_names: list[str] = field(default_factory=list)
-
-    def sample_settings(self) -> dict:
-        """The paper's sampling settings of its preset ({} when unknown)."""
-        from adm import presets
-
-        return dict(presets.PRESETS[self.preset].sample) if self.preset in presets.PRESETS else {}
-
-
-def load_model(
-    source: str | None,                      # preset name, saved dir, run dir, or .pt/.safetensors file
-    kinds: tuple[str, ...] = ("ADM",),       # acceptable network kinds (first: what a flag string builds)
-    flags: dict | None = None,               # guided-diffusion flags (split_flags) for a bare official .pt
-    checkpoint: str | None = None,           # weights for a preset given as `source`
-    what: str = "model",                     # how errors name this model (e.g. "--classifier")
-    device: torch.device | str = "cpu",
-) -> Loaded:
-    """Load a network for sampling (float32, eval mode); every bad source raises one AdmError line."""
-    from adm import presets
-
-    if source is None and checkpoint is None:
-        raise ConfigError(f"no {what} given: pass a preset, a model directory or a checkpoint")
-    preset, names, label = None, [], source if source is not None else checkpoint
-    if source is not None and not os.path.exists(source) and _looks_like_name(source):
-        preset = presets.get(source).name
-        kind = presets.PRESETS[preset].kind
-        if kind not in kinds:
-            raise ConfigError(f"{what} {source!r} is a {kind} preset; expected {' or '.join(kinds)}")
-        if flags:
-            raise ConfigError(f"{what}: flags apply to a .pt checkpoint, not to the preset {source!r}")
-        weights = _existing(checkpoint, what) if checkpoint is not None else True
-        model = presets.build(preset, pretrained=weights)
-        label = f"{preset}:{checkpoint}" if checkpoint is not None else preset
-    else:
-        path = Path(source if source is not None else checkpoint)
-        if not path.exists():
-            raise CheckpointError(f"{what} not found: {path}")
-        if path.is_dir():
-            if flags:
-                raise ConfigError(f"{what}: flags apply to a .pt checkpoint, not to the directory {path}")
-            d = resolve_model_dir(path, kinds)
-            meta = read_config(d)
-            model = model_class(meta["kind"]).from_pretrained(d)
-            extra = meta.get("extra") or {}
-            preset = extra.get("preset") if extra.get("preset") in presets.PRESETS else None
-            names = [str(n) for n in extra.get("class_names") or []]
-        else:
-            model, preset = _load_file(path, kinds, flags, what)
-    if isinstance(getattr(model, "dtype", None), torch.dtype) and model.dtype != torch.float32:
-        model.convert_to_fp32()
-    model = model.float().to(device).eval().requires_grad_(False)
-    return Loaded(model, str(label), preset, names)
-
-
-def _looks_like_name(text: str) -> bool:
-    return os.sep not in text and "/" not in text and "." not in text
-
-
-def _existing(path: str, what: str) -> str:
-    if not Path(path).is_file():
-        raise CheckpointError(f"{what} checkpoint not found: {path}")
-    return path
-
-
-def training_checkpoint(obj) -> tuple[dict, dict, int] | None:
-    """(network config with "kind", the exported EMA (else raw) state_dict, step) of an `adm train`
-    checkpoint (RUN_DIR/checkpoints/step_*.pt); None for anything else."""
-    if not (isinstance(obj, dict) and isinstance(obj.get("config"), str) and isinstance(obj.get("model"), dict)):
-        return None
-    try:
-        cfg = json.loads(obj["config"])
-    except json.JSONDecodeError:
-        return None
-    net = cfg.get("model") if isinstance(cfg, dict) else None
-    if not isinstance(net, dict) or net.get("kind") not in KINDS:
-        return None
-    emas = obj.get("ema") if isinstance(obj.get("ema"), dict) else {}
-    rates = [repr(float(r)) for r in cfg.get("ema") or []]
-    sd = emas.get(rates[0]) if rates and rates[0] in emas else next(iter(emas.values()), None)
-    return net, sd if isinstance(sd, dict) and sd else obj["model"], int(obj.get("step", 0))
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict | None, int | None]:
-    """(state_dict, network config or None, training step or None) of a .pt / .safetensors file."""
-    from adm.nn.pretrained import extract_state_dict, read_state_dict, read_torch_file
-
-    if path.suffix == ".safetensors":
-        return read_state_dict(path), None, None
-    obj = read_torch_file(path)
-    found = training_checkpoint(obj)
-    if found is not None:
-        return found[1], found[0], found[2]
-    return extract_state_dict(obj, path), None, None
-
-
-def _load_file(path: Path, kinds: tuple[str, ...], flags: dict | None, what: str):
-    """(network, preset or None) of a weights file: built from flags, a sidecar config.json, a training
-    checkpoint's config, or the preset its shapes match."""
-    from adm import presets
-    from adm.compat import config_from_flags
-
-    side = read_config(path.parent)
-    if not flags and side.get("kind") in KINDS and path.name == WEIGHTS_NAME:
-        if side["kind"] not in kinds:
-            raise ConfigError(f"{what} {path} is a {side['kind']}; expected {' or '.join(kinds)}")
-        return model_class(side["kind"]).from_pretrained(path.parent), None
-    sd, net, _ = read_weights(path)
-    name = None
-    if flags:
-        model = model_class(kinds[0])(config_from_flags(flags, kind=kinds[0]))
-    elif net is not None:
-        if net["kind"] not in kinds:
-            raise ConfigError(f"{what} {path} holds a {net['kind']}; expected {' or '.join(kinds)}")
-        model = model_class(net["kind"]).from_config_dict(net)
-    else:
-        name = presets.identify(sd)
-        if name is None:
-            raise CheckpointError(
-                f"{path}: its weights match no known preset; pass its guided-diffusion flags "
-                f"(e.g. --flags \"$MODEL_FLAGS\") or a preset name"
-            )
-        kind = presets.PRESETS[name].kind
-        if kind not in kinds:
-            raise ConfigError(f"{what} {path} is a {kind} ({name}); expected {' or '.join(kinds)}")
-        model = presets.build(name)
-    model.load_checked(sd, str(path))
-    return model, name
-
-
 # -- output ---------------------------------------------------------------------------------------
 def writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and check that it can be written (ConfigError otherwise)."""
@@ -395,15 +160,6 @@ MANIFEST_NAME = "samples.json"
 def png_name(key: int) -> str:
     """000042.png: images are named by their seed (sample) or input index (upsample)."""
     return f"{key:06d}.png"
-
-
-def save_png_atomic(path: Path, image: np.ndarray) -> None:
-    """Write one uint8 [H, W, C] PNG through a temporary name, so an interrupted run leaves no half file."""
-    from adm.data import save_png
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_png(tmp, image)
-    os.replace(tmp, path)
 
 
 def load_pngs(paths: list[Path]) -> np.ndarray:
@@ -450,8 +206,6 @@ def check_manifest(out: Path, settings: dict, labels: dict[int, int | None], ove
 
 def write_json_file(path: Path, data: dict) -> None:
     """Write JSON atomically."""
-    from adm.nn.pretrained import atomic_write_bytes
-
     atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
@@ -504,14 +258,6 @@ class Progress:
         self.bar.close()
 
 
-def num_steps(diffusion_steps: int, respacing: str, sampler: str = "ddpm") -> int:
-    """How many model calls `sampler` makes on the steps a respacing spec keeps."""
-    from adm.diffusion.schedule import count_timesteps
-    from adm.sampling import model_calls
-
-    return model_calls(sampler, count_timesteps(diffusion_steps, respacing))
-
-
 def produce(
     out: Path,                                   # output directory
     keys: list[int],                             # names of the images to make (seeds or input indices)
@@ -526,7 +272,7 @@ def produce(
         part = keys[lo : lo + batch_size]
         ys = None if labels.get(part[0]) is None else [int(labels[k]) for k in part]
         for k, image in zip(part, make(part, ys)):
-            save_png_atomic(out / png_name(k), image)
+            save_png(out / png_name(k), image)
 
 
 def dist_context(device: torch.device):

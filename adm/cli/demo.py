@@ -7,20 +7,15 @@ import time
 
 import torch
 
-from adm.cli.common import (
-    add_parser,
-    autocast,
-    load_model,
-    parse_device,
-    parse_dtype,
-    save_png_atomic,
-    writable_dir,
-)
+from adm.cli.common import add_parser, load_model, writable_dir
+from adm.data.images import save_png
 from adm.errors import ConfigError
+from adm.hub.presets import DEMO_SAMPLING
+from adm.runtime import autocast, parse_device, parse_dtype
+from adm.sampling import SAMPLERS, get_sampler
 
 MODEL = "ADM_demo_fashion_mnist"
 CLASSIFIER = "ADM_classifier_demo_fashion_mnist"
-DEMO_STEPS = {"ddim": 25, "dpmpp2m": 10}  # default --steps per sampler: DDIM-25 is the paper's setting
 
 EPILOG = """examples:
   adm demo                                   # writes ./adm-demo/grid.png and ./adm-demo/images/*.png
@@ -41,10 +36,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="adm-demo", help="output directory (default ./adm-demo)")
     p.add_argument("--scales", default="0,1,2,4", help="classifier guidance scales, one column each (default 0,1,2,4)")
-    p.add_argument("--sampler", choices=list(DEMO_STEPS), default="ddim",
-                   help="ddim (the paper's fast sampler, default) or dpmpp2m (DPM-Solver++(2M), fewer steps)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help=f"default: the demo preset's ({DEMO_SAMPLING['sampler']})")
     p.add_argument("--steps", type=int, default=None,
-                   help="DDIM steps, or DPM-Solver++ model calls (default 25 for ddim, 10 for dpmpp2m)")
+                   help=f"model calls (default: the preset's {DEMO_SAMPLING['steps']} for its sampler, else the "
+                   "sampler's default)")
     p.add_argument("--seed", type=int, default=0, help="row c uses seed S+c at every scale (default 0)")
     p.add_argument("--model", metavar="SRC", default=MODEL, help=f"diffusion model (default: the shipped {MODEL})")
     p.add_argument("--classifier", metavar="SRC", default=CLASSIFIER,
@@ -84,8 +80,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from adm.sampling.guidance import classifier_guidance
 
     scales = parse_scales(args.scales)
+    preset_sampler = DEMO_SAMPLING["sampler"]
+    args.sampler = args.sampler or preset_sampler
     if args.steps is None:
-        args.steps = DEMO_STEPS[args.sampler]
+        args.steps = DEMO_SAMPLING["steps"] if args.sampler == preset_sampler else get_sampler(args.sampler).default_steps
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
@@ -124,7 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, desc=f"demo: {len(seeds)} images", unit="step")
+        bar = tqdm(total=args.steps, desc=f"demo: {len(seeds)} images", unit="call")
     with autocast(device, dtype):
         x = generate(model, cfg.diffusion, (len(seeds), cfg.in_channels, cfg.image_size, cfg.image_size),
                      sampler=args.sampler, steps=args.steps, seed=seeds,
@@ -144,9 +142,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for i, image in enumerate(images):
         c, j = divmod(i, len(scales))
         slug = re.sub(r"[^a-z0-9]+", "-", names[c].lower()).strip("-")
-        save_png_atomic(img_dir / f"class{c}_{slug}_scale{scales[j]:g}.png", image)
+        save_png(img_dir / f"class{c}_{slug}_scale{scales[j]:g}.png", image)
     print(f"{len(images)} images ({k} classes x scales {', '.join(f'{s:g}' for s in scales)}; "
-          f"{args.steps} {'DDIM steps' if args.sampler == 'ddim' else 'DPM-Solver++ model calls'}) "
+          f"{args.sampler}, {args.steps} model calls) "
           f"in {time.perf_counter() - start:.1f}s")
     print(f"grid:   {grid}")
     print(f"images: {img_dir}/")

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "adm.cli.train",
     "adm.cli.evaluate",
     "adm.cli.convert",
+    "adm.cli.info",
     "adm.cli.sample",
     "adm.cli.upsample",
     "adm.cli.demo",

@@ -9,27 +9,24 @@ import torch
 
 from adm.cli.common import (
     MANIFEST_NAME,
-    Loaded,
     Progress,
     add_parser,
     add_runtime_args,
-    autocast,
     check_manifest,
     dist_context,
     finish_outputs,
     load_model,
-    num_steps,
-    parse_device,
-    parse_dtype,
     parse_labels,
     parse_seeds,
     png_name,
     produce,
-    save_png_atomic,
     split_flags,
     writable_dir,
     write_json_file,
 )
+from adm.runtime import autocast, parse_device, parse_dtype
+from adm.sampling import SAMPLERS
+from adm.data.images import save_png
 from adm.errors import ConfigError
 
 # The upsampler of a cascade draws its noise from seed + this, a stream apart from the base image's.
@@ -88,7 +85,7 @@ def register(subparsers) -> None:
     g.add_argument("--scale", type=float, help="classifier guidance scale (default: the preset's, else 1.0)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale w (1: plain conditional)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: the preset's, else ddpm")
+    g.add_argument("--sampler", choices=list(SAMPLERS), help="default: the preset's, else ddpm")
     g.add_argument("--steps", help="steps (int; for dpmpp2m: model calls), a respacing ('250', 'ddim25', "
                    "'10,15,20', 'logsnr11') or 'all' (default: the preset's, else 250 ddpm, 25 ddim, 20 dpmpp2m)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
@@ -103,7 +100,7 @@ def register(subparsers) -> None:
     g.add_argument("--upsample", metavar="SRC",
                    help="ADM-U upsampler (preset, directory or .pt) applied to every image")
     g.add_argument("--upsample-flags", metavar="STR", help="guided-diffusion SR flags of an upsampler .pt")
-    g.add_argument("--upsample-sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
+    g.add_argument("--upsample-sampler", choices=list(SAMPLERS), help="default: ddpm")
     g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else 250 / 25 / 20)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="samples", help="output directory (default ./samples)")
@@ -143,7 +140,7 @@ def apply_script_flags(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     return model_flags, clf_flags, up_flags
 
 
-def load_base(args: argparse.Namespace, flags: dict, device) -> Loaded:
+def load_base(args: argparse.Namespace, flags: dict, device):
     """The diffusion model from --model, --preset (+ --pretrained/--checkpoint) or --checkpoint (+ --flags)."""
     if args.model and (args.preset or args.checkpoint):
         raise ConfigError(
@@ -162,7 +159,7 @@ def load_base(args: argparse.Namespace, flags: dict, device) -> Loaded:
     raise ConfigError("no model: give --model DIR, --preset NAME --pretrained, or --checkpoint FILE [--flags ...]")
 
 
-def load_classifier(args: argparse.Namespace, base: Loaded, flags: dict, device) -> Loaded | None:
+def load_classifier(args: argparse.Namespace, base, flags: dict, device):
     """The noisy classifier of --classifier ('auto': the base preset's recommended one), checked against the model."""
     if not args.classifier:
         if args.classifier_flags:
@@ -185,7 +182,7 @@ def load_classifier(args: argparse.Namespace, base: Loaded, flags: dict, device)
     return clf
 
 
-def load_upsampler(args: argparse.Namespace, base: Loaded, flags: dict, device) -> Loaded | None:
+def load_upsampler(args: argparse.Namespace, base, flags: dict, device):
     """The ADM-U of --upsample, checked against the base model's image size."""
     if not args.upsample:
         if args.upsample_flags:
@@ -201,29 +198,30 @@ def load_upsampler(args: argparse.Namespace, base: Loaded, flags: dict, device) 
     return up
 
 
-def sampler_and_steps(sampler: str | None, steps: str | None, loaded: Loaded, diffusion_steps: int) -> tuple[str, str]:
-    """(sampler, respacing spec): the user's choice, else the preset's paper settings, else adm's defaults."""
-    from adm.guided import DEFAULT_STEPS, respacing_for
+def sampler_and_steps(sampler: str | None, steps: str | None, loaded, diffusion_steps: int) -> tuple[str, str]:
+    """(sampler, respacing spec): the user's choice, else the preset's settings, else the sampler's default."""
+    from adm.sampling import get_sampler
 
-    paper = str(loaded.sample_settings().get("timestep_respacing", ""))
-    if paper.startswith("ddim"):
-        paper_sampler, paper_steps = "ddim", paper[4:]
-    else:
-        paper_sampler, paper_steps = "ddpm", paper
-    chosen = sampler or (paper_sampler if paper else "ddpm")
-    value: int | str | None = steps
-    if steps is None and paper and chosen == paper_sampler:
-        value = int(paper_steps) if paper_steps.isdigit() else paper
-    elif isinstance(steps, str):
-        value = "" if steps.strip().lower() == "all" else int(steps) if steps.strip().isdigit() else steps.strip()
+    preset = loaded.sample_settings()
+    chosen = sampler or preset.get("sampler", "ddpm")
+    value: int | str | None = None
+    if isinstance(steps, str):
+        text = steps.strip().lower()
+        value = "" if text == "all" else int(text) if text.isdigit() else steps.strip()
         if value == 0:
             raise ConfigError("--steps must be at least 1 (or 'all')")
-    if value is None:  # adm's default, at most the model's own chain
-        value = min(DEFAULT_STEPS.get(chosen, 250), diffusion_steps)
-    return chosen, respacing_for(value, chosen, diffusion_steps)
+    elif chosen == preset.get("sampler"):
+        value = preset.get("steps")
+    return chosen, get_sampler(chosen).respacing(value, diffusion_steps)
 
 
-def guidance_scale(args: argparse.Namespace, base: Loaded, classifier: Loaded | None) -> float:
+def model_calls(sampler: str, diffusion_steps: int, respacing: str) -> int:
+    from adm.sampling import get_sampler
+
+    return get_sampler(sampler).model_calls(diffusion_steps, respacing)
+
+
+def guidance_scale(args: argparse.Namespace, base, classifier) -> float:
     """The scale ADM_G applies: classifier guidance's s, or classifier-free w (1.0: none)."""
     if args.scale is not None and classifier is None:
         raise ConfigError("--scale is the classifier guidance scale: add --classifier (or use --cfg-scale)")
@@ -235,24 +233,31 @@ def guidance_scale(args: argparse.Namespace, base: Loaded, classifier: Loaded | 
                 "--cfg-scale needs a model trained with label dropout (null_class); this one was not: "
                 "use --classifier with --scale"
             )
+        if base.extra.get("label_dropout") == 0 and args.cfg_scale != 1.0:
+            raise ConfigError(
+                f"--cfg-scale: {base.source} has a null label but was trained with --label-dropout 0, so the "
+                "null label was never trained; retrain with --label-dropout 0.1 or use --classifier with --scale"
+            )
         return args.cfg_scale
     if classifier is not None:
         return args.scale if args.scale is not None else float(base.sample_settings().get("classifier_scale", 1.0))
     return 1.0
 
 
-def sampling_plan(args, base: Loaded, classifier: Loaded | None, up: Loaded | None, scale: float,
+def sampling_plan(args, base, classifier, up, scale: float,
                   labels: list[int] | None) -> dict:
     """The settings of this run (recorded in samples.json), plus the step counts for the progress bar."""
     sampler, respacing = sampler_and_steps(args.sampler, args.steps, base, base.model.config.diffusion.steps)
-    if args.eta and sampler != "ddim":
+    from adm.sampling import get_sampler
+
+    if args.eta and not get_sampler(sampler).takes_eta:
         raise ConfigError("--eta applies to --sampler ddim")
     plan = {
         "model": base.source, "classifier": classifier.source if classifier else None,
         "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
         "sampler": sampler, "steps": respacing, "eta": args.eta, "clip": not args.no_clip, "dtype": args.dtype,
         "upsample": up.source if up else None,
-        "base_steps": num_steps(base.model.config.diffusion.steps, respacing, sampler),
+        "base_steps": model_calls(sampler, base.model.config.diffusion.steps, respacing),
     }
     if up is not None:
         if up.model.config.num_classes and labels is None:
@@ -260,12 +265,12 @@ def sampling_plan(args, base: Loaded, classifier: Loaded | None, up: Loaded | No
         up_sampler, up_respacing = sampler_and_steps(args.upsample_sampler, args.upsample_steps, up,
                                                      up.model.config.diffusion.steps)
         plan.update(upsample_sampler=up_sampler, upsample_steps=up_respacing,
-                    up_steps=num_steps(up.model.config.diffusion.steps, up_respacing, up_sampler))
+                    up_steps=model_calls(up_sampler, up.model.config.diffusion.steps, up_respacing))
     return plan
 
 
 # -- the command ----------------------------------------------------------------------------------
-def batch_maker(args, guided, up: Loaded | None, plan: dict, out, device, dtype, progress: Progress):
+def batch_maker(args, guided, up, plan: dict, out, device, dtype, progress: Progress):
     """make(seeds, labels) -> uint8 [B, H, W, C]: ADM-G samples, then ADM-U's when there is an upsampler."""
     from adm.data import to_uint8
     from adm.guided import upsample
@@ -282,7 +287,7 @@ def batch_maker(args, guided, up: Loaded | None, plan: dict, out, device, dtype,
         if up is None:
             return images
         for k, image in zip(keys, images):  # ADM-U gets the 8-bit images, as from the paper's .npz
-            save_png_atomic(out / "low_res" / png_name(k), image)
+            save_png(out / "low_res" / png_name(k), image)
         with autocast(device, dtype):
             x = upsample(up.model, torch.from_numpy(images), y if up.model.config.num_classes else None,
                          steps=plan["upsample_steps"], sampler=plan["upsample_sampler"],

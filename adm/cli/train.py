@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from adm.errors import ConfigError
+from adm.nn.config import config_class, config_from_dict, config_to_dict
+from adm.runtime import DEVICE_HELP, parse_device
 
 EXAMPLES = {
     "diffusion": """\
@@ -91,7 +94,7 @@ def _add_arguments(p: argparse.ArgumentParser, trainer: str) -> None:
     r.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="autocast precision (default fp32; fp16 uses a GradScaler)")
     r.add_argument("--grad-checkpoint", action=argparse.BooleanOptionalAction, default=None, help="activation checkpointing (less memory, ~30%% slower)")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model (faster steps after a minute of compiling)")
-    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    r.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     r.add_argument("--nproc", type=int, help="launch N processes with torch.distributed.run (DDP)")
     r.add_argument("--force", action="store_true", help="delete RUN_DIR's run and start afresh")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -134,9 +137,7 @@ def build_config(args: argparse.Namespace):
         raise ConfigError("--data is required for a new run (fashion-mnist, an image folder or an .npz file)")
 
     model_cfg, data = _model_and_data(args, trainer, saved, train_kw["data"], load_tensor_data)
-    from adm.train.config import model_config_to_dict
-
-    train_kw["model"] = model_config_to_dict(model_cfg)
+    train_kw["model"] = config_to_dict(model_cfg)
     return TrainConfig.from_dict(train_kw), data
 
 
@@ -148,8 +149,8 @@ def _canonical_data(text: str) -> str:
 
 def _model_and_data(args, trainer: str, saved, source: str, load):
     """The model config (preset / saved / default adapted to the data, then overrides) and the data."""
-    from adm import presets
-    from adm.train.config import MODEL_KIND, apply_overrides, config_class, model_config_from_dict, parse_set
+    from adm.hub import presets
+    from adm.train.config import MODEL_KIND, apply_overrides, parse_set
 
     kind = MODEL_KIND[trainer]
     overrides = parse_set(args.set)
@@ -161,11 +162,11 @@ def _model_and_data(args, trainer: str, saved, source: str, load):
         preset = presets.get(args.preset)
         if preset.kind != kind:
             raise ConfigError(f"preset {args.preset!r} is a {preset.kind}; `adm {COMMANDS[trainer]}` trains an {kind}")
-        base = preset.config()
+        base = preset.config
     elif saved is not None:
-        base = model_config_from_dict(saved.model)
+        base = config_from_dict(saved.model)
     else:
-        base = presets.get(DEFAULT_PRESET[trainer]).config()
+        base = presets.get(DEFAULT_PRESET[trainer]).config
         if kind == "ADM_U":
             d = base.to_dict()
             size = int(overrides.get("image_size", d["image_size"]))
@@ -173,7 +174,11 @@ def _model_and_data(args, trainer: str, saved, source: str, load):
         adapt = source != "fashion-mnist"
     size = int(overrides.get("image_size", base.image_size))
     needs_labels = trainer == "classifier" or base.num_classes > 0
-    data = load(source, size, None if adapt else base.in_channels, class_cond=needs_labels)
+    if "in_channels" in overrides:  # the data are converted to the channels asked for
+        channels = int(apply_overrides(base, {"in_channels": overrides["in_channels"]}).in_channels)
+    else:
+        channels = None if adapt else base.in_channels
+    data = load(source, size, channels, class_cond=needs_labels)
     if adapt:  # the default model follows the data: its channels and classes
         channels = int(data.images.shape[1])
         changes = {"in_channels": channels}
@@ -195,8 +200,15 @@ def run(args: argparse.Namespace) -> int:
 
         return launch(args.nproc, _argv_without_nproc(args))
     cfg, data = build_config(args)
-    device = None if args.device in (None, "auto") else args.device
-    train(cfg, args.out, device=device, force=args.force, progress=not args.no_progress, data=data)
+    from adm.train.loop import TrainingInterrupted
+
+    device = parse_device(args.device)
+    try:
+        train(cfg, args.out, device=device, force=args.force, progress=not args.no_progress, data=data)
+    except TrainingInterrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"adm {COMMANDS[args.trainer]}: {e}", file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"trained to step {cfg.max_steps}: {args.out} (weights: {Path(args.out) / 'model'})")
     return 0

@@ -12,15 +12,11 @@ from adm.cli.common import (
     Progress,
     add_parser,
     add_runtime_args,
-    autocast,
     check_manifest,
     dist_context,
     finish_outputs,
     load_model,
     load_pngs,
-    num_steps,
-    parse_device,
-    parse_dtype,
     parse_int_list,
     png_name,
     produce,
@@ -29,7 +25,9 @@ from adm.cli.common import (
     writable_dir,
     write_json_file,
 )
-from adm.cli.sample import UPSAMPLE_SEED_OFFSET, sampler_and_steps
+from adm.runtime import autocast, parse_device, parse_dtype
+from adm.sampling import SAMPLERS
+from adm.cli.sample import UPSAMPLE_SEED_OFFSET, model_calls, sampler_and_steps
 from adm.errors import ConfigError, DataError
 
 EPILOG = """examples:
@@ -67,7 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--num", type=int, help="upsample only the first N images")
     p.add_argument("--seed", type=int, default=0, help="image k draws its noise from seed S+k+2**32, the stream "
                    "`adm sample --upsample` uses (default 0)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp2m"], help="default: ddpm")
+    p.add_argument("--sampler", choices=list(SAMPLERS), help="default: ddpm")
     p.add_argument("--steps", help="steps, respacing or 'all' (default: the preset's, else 250 ddpm / 25 ddim / 20 dpmpp2m)")
     p.add_argument("--batch-size", type=int, help="images per model call (default 8)")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1]")
@@ -167,7 +165,7 @@ def run_upsample(args: argparse.Namespace) -> int:
             write_json_file(out / MANIFEST_NAME, manifest)
         mine = keys[ctx.rank :: ctx.world_size]
         todo = [k for k in mine if args.overwrite or not (out / png_name(k)).is_file()]
-        steps = num_steps(cfg.diffusion.steps, respacing, sampler)
+        steps = model_calls(sampler, cfg.diffusion.steps, respacing)
         progress = Progress(len(todo), "upsample", enabled=not args.no_progress and ctx.is_main)
 
         def make(part: list[int], ys: list[int] | None) -> np.ndarray:

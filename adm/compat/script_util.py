@@ -198,6 +198,16 @@ def classifier_config_from_flags(flags: dict) -> ClassifierConfig:
     )
 
 
+def kind_of_flags(flags: dict) -> str:
+    """The network kind a flag dict describes: ADM_U (large/small size), ADM_classifier (classifier_*
+    flags) or ADM."""
+    if "large_size" in flags or "small_size" in flags:
+        return "ADM_U"
+    if any(k.startswith("classifier_") for k in flags):
+        return "ADM_classifier"
+    return "ADM"
+
+
 def config_from_flags(flags: dict, kind: str = "ADM"):
     """A typed config from a guided-diffusion flag dict, for kind ADM, ADM_U or ADM_classifier."""
     return {"ADM": unet_config_from_flags, "ADM_U": sr_config_from_flags, "ADM_classifier": classifier_config_from_flags}[

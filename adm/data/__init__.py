@@ -8,7 +8,7 @@ from adm.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from adm.data.fashion_mnist import load_fashion_mnist
 from adm.data.folder import IMAGE_EXTENSIONS, CorruptImageWarning
 from adm.data.images import check_images, check_labels, load_npz, make_grid, save_grid, save_npz, save_png, to_uint8
-from adm.data.preprocess import center_crop_resize, flip_decision
+from adm.data.preprocess import center_crop_resize
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -20,7 +20,6 @@ __all__ = [
     "center_crop_resize",
     "check_images",
     "check_labels",
-    "flip_decision",
     "load_dataset",
     "load_fashion_mnist",
     "load_npz",

@@ -1,11 +1,6 @@
 """Training data as a torch Dataset: Fashion-MNIST, image folders and .npz arrays, preprocessed alike.
 
-Random flips are reproducible without any RNG state: item i of epoch e is mirrored when a hash of
-(seed, e, i) says so. The result does not depend on DataLoader workers, their seeds or the order
-in which items are read. Call `dataset.set_epoch(e)` at the start of each epoch, before iterating
-(a DataLoader with `persistent_workers=True` keeps the copies its workers took at the first epoch,
-so use it without persistent workers when flipping, or accept one fixed set of flips).
-"""
+Augmentation (random flips) is the training loop's, drawn from its own saved generator."""
 from __future__ import annotations
 
 import operator
@@ -21,7 +16,7 @@ from torch.utils.data import Dataset
 from adm.data import fashion_mnist
 from adm.data.folder import FolderIndex, describe_error, report_skipped, scan_folder
 from adm.data.images import load_npz
-from adm.data.preprocess import flip_decision, pad_to, preprocess_array, preprocess_pil, to_tensor
+from adm.data.preprocess import pad_to, preprocess_array, preprocess_pil, to_tensor
 from adm.errors import ConfigError, DataError
 
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
@@ -36,27 +31,18 @@ class ImageDataset(Dataset):
         class_names: list[str],       # one name per class; empty when unlabelled
         channels: int,                # 1 (grey) or 3 (RGB)
         image_size: int,              # output height and width
-        random_flip: bool = False,    # mirror left-right, by a hash of (seed, epoch, index)
-        seed: int = 0,                # seeds the flips
         source: str = "",             # where the data came from, for messages
     ):
         self.labels = labels
         self.class_names = list(class_names)
         self.channels = channels
         self.image_size = image_size
-        self.random_flip = random_flip
-        self.seed = seed
-        self.epoch = 0
         self.source = source
 
     @property
     def num_classes(self) -> int:
         """Number of classes; 0 when the data are unlabelled."""
         return len(self.class_names)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose flips __getitem__ applies."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,8 +55,6 @@ class ImageDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         arr, label = self._load(index)
-        if self.random_flip and flip_decision(self.seed, self.epoch, index):
-            arr = arr[:, ::-1]
         return to_tensor(arr), torch.tensor(label, dtype=torch.int64)
 
     def _load(self, index: int) -> tuple[np.ndarray, int]:
@@ -81,7 +65,7 @@ class ImageDataset(Dataset):
         classes = f"{self.num_classes} classes" if self.num_classes else "unlabelled"
         return (
             f"{type(self).__name__}({self.source!r}, {len(self)} images, "
-            f"{self.channels}x{self.image_size}x{self.image_size}, {classes}, random_flip={self.random_flip})"
+            f"{self.channels}x{self.image_size}x{self.image_size}, {classes})"
         )
 
 
@@ -143,10 +127,8 @@ def load_dataset(
     *,
     channels: int | None = None,
     split: str = "train",
-    random_flip: bool = False,
     on_error: str = "skip",
     class_cond: bool = True,
-    seed: int = 0,
 ) -> ImageDataset:
     """'fashion-mnist', an image folder or a .npz -> dataset of (float32 [C, S, S] in [-1, 1], int64 label).
 
@@ -164,7 +146,7 @@ def load_dataset(
         raise ConfigError(f"channels must be 1 (grey), 3 (RGB) or None (the source's own), got {channels!r}")
     if on_error not in ("skip", "raise"):
         raise ConfigError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-    common = dict(image_size=image_size, random_flip=random_flip, seed=seed)
+    common = dict(image_size=image_size)
     if str(source).lower() in FASHION_MNIST_NAMES:
         return _fashion_mnist(split, channels or 1, class_cond, common)
     path = Path(source).expanduser()

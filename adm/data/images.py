@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from adm.errors import DataError
+from adm.runtime import atomic_write
 
 PathLike = str | os.PathLike
 
@@ -112,11 +113,10 @@ def _to_pil(image: np.ndarray) -> Image.Image:
 
 
 def save_png(path: PathLike, image: np.ndarray) -> Path:
-    """Write one uint8 [H, W, C] image (C = 1 or 3) as a PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(image).save(path, format="PNG")
-    return path
+    """Write one uint8 [H, W, C] image (C = 1 or 3) as a PNG, atomically (an interrupted run leaves no
+    half file); returns the path."""
+    pil = _to_pil(image)
+    return atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
 def make_grid(images: np.ndarray, nrow: int, pad: int = 2, pad_value: int = 0) -> np.ndarray:

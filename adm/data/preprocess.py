@@ -5,7 +5,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-_MASK64 = (1 << 64) - 1
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -81,15 +80,3 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 # -- reproducible flips ---------------------------------------------------------------------------
-def _splitmix64(x: int) -> int:
-    """The SplitMix64 finaliser: a well-mixed 64-bit hash of a 64-bit integer."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def flip_decision(seed: int, epoch: int, index: int) -> bool:
-    """Whether item `index` is mirrored in `epoch`: a hash of (seed, epoch, index), no RNG state."""
-    h = _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (index & _MASK64))
-    return bool(h >> 63)

@@ -6,7 +6,7 @@ from torch import nn
 
 from adm.nn.config import ClassifierConfig
 from adm.nn.layers import AttentionPool2d, GroupNorm32, timestep_embedding, zero_module
-from adm.nn.pretrained import PretrainedMixin
+from adm.nn.serialization import PretrainedMixin
 from adm.nn.unet import Encoder, check_input
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from adm.diffusion.config import DiffusionConfig
 from adm.errors import ConfigError
@@ -84,6 +85,7 @@ class _ConfigIO:
 class ADMConfig(_ConfigIO):
     """The ADM UNet (paper section 3; released 64/128/256/512 and LSUN models)."""
 
+    kind: ClassVar[str] = "ADM"
     image_size: int = 64
     in_channels: int = 3                                   # image channels (output: same, or 2x if learn_sigma)
     model_channels: int = 128                              # base width ("num_channels")
@@ -122,6 +124,7 @@ class ADMConfig(_ConfigIO):
 class ADMUConfig(ADMConfig):
     """ADM-U, the super-resolution UNet: x_t concatenated with the bilinearly upsampled low_res."""
 
+    kind: ClassVar[str] = "ADM_U"
     small_size: int = 64                                   # resolution of the low-resolution input
 
     def validate(self) -> None:
@@ -134,6 +137,7 @@ class ADMUConfig(ADMConfig):
 class ClassifierConfig(_ConfigIO):
     """The noisy-image classifier: the UNet's encoder half and a pooled head (paper section 4)."""
 
+    kind: ClassVar[str] = "ADM_classifier"
     image_size: int = 64
     in_channels: int = 3
     model_channels: int = 128                              # "classifier_width"
@@ -161,3 +165,25 @@ class ClassifierConfig(_ConfigIO):
             raise ConfigError(f"unknown classifier pool {self.pool!r}; choose one of {', '.join(self.POOLS)}")
         if self.num_classes < 1:
             raise ConfigError("a classifier needs num_classes >= 1")
+
+
+# -- one map from a network kind to its config class ------------------------------------------------
+CONFIGS: dict[str, type] = {c.kind: c for c in (ADMConfig, ADMUConfig, ClassifierConfig)}
+KINDS = tuple(CONFIGS)
+
+
+def config_class(kind: str) -> type:
+    """ADMConfig / ADMUConfig / ClassifierConfig of a network kind (ConfigError for others)."""
+    if kind not in CONFIGS:
+        raise ConfigError(f"unknown network kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return CONFIGS[kind]
+
+
+def config_from_dict(d: dict):
+    """A config object from a dict carrying "kind" (as config.json and training runs store it)."""
+    return config_class(d.get("kind", "ADM")).from_dict(d)
+
+
+def config_to_dict(cfg) -> dict:
+    """A config object as a dict carrying "kind"."""
+    return {"kind": cfg.kind, **cfg.to_dict()}

@@ -17,7 +17,7 @@ from adm.nn.layers import (
     timestep_embedding,
     zero_module,
 )
-from adm.nn.pretrained import PretrainedMixin
+from adm.nn.serialization import PretrainedMixin
 
 
 def check_input(x: torch.Tensor, channels: int, size: int, what: str) -> None:

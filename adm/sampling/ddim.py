@@ -5,6 +5,7 @@ from typing import Callable
 
 import torch
 
+from adm.diffusion import gaussian as G
 from adm.diffusion.process import Diffusion
 from adm.diffusion.schedule import extract
 from adm.sampling.guidance import condition_score
@@ -32,9 +33,8 @@ def ddim_step(
     # Re-derive eps from the (clipped, guided) x_0 prediction, whatever the model predicts.
     eps = diffusion.predict_eps(x, t, out["pred_xstart"])
     s = diffusion.schedule
-    alpha_bar = extract(s.alphas_cumprod, t, x.ndim)
     alpha_bar_prev = extract(s.alphas_cumprod_prev, t, x.ndim)
-    sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    sigma = G.ddim_sigma(s, t, x, eta)
     noise = draw(noise, x)  # after the model call, in guided-diffusion's order
     # DDIM eq. 12: x_{t-1} = sqrt(a_prev) x_0 + sqrt(1 - a_prev - sigma^2) eps + sigma z.
     mean_pred = out["pred_xstart"] * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps

@@ -97,27 +97,9 @@ class TrainConfig:
 
     def model_config(self):
         """The network config object of this run."""
-        return model_config_from_dict(self.model)
+        from adm.nn.config import config_from_dict
 
-
-def config_class(kind: str):
-    """ADMConfig / ADMUConfig / ClassifierConfig for a model kind."""
-    from adm.nn.config import ADMConfig, ADMUConfig, ClassifierConfig
-
-    return {"ADM": ADMConfig, "ADM_U": ADMUConfig, "ADM_classifier": ClassifierConfig}[kind]
-
-
-def model_config_from_dict(d: dict):
-    """A config object from a dict carrying "kind"."""
-    return config_class(d["kind"]).from_dict(d)
-
-
-def model_config_to_dict(cfg) -> dict:
-    """A config object as a dict carrying "kind"."""
-    from adm.nn.config import ADMUConfig, ClassifierConfig
-
-    kind = "ADM_U" if isinstance(cfg, ADMUConfig) else "ADM_classifier" if isinstance(cfg, ClassifierConfig) else "ADM"
-    return {"kind": kind, **cfg.to_dict()}
+        return config_from_dict(self.model)
 
 
 # -- overrides: "--set key=value" --------------------------------------------------------------

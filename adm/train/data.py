@@ -37,8 +37,8 @@ class TensorData:
         return x, self.labels[idx]
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 [0, 255]."""
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> the nearest uint8 levels [0, 255], same layout (how data are held for training)."""
     return ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -47,8 +47,6 @@ def load_tensor_data(source: str, image_size: int, channels: int | None, class_c
     (None: the data's own)."""
     from adm import data as adm_data
 
-    if not hasattr(adm_data, "load_dataset"):
-        raise DataError("adm.data.load_dataset is not available in this installation")
     if source not in ("fashion-mnist",) and not Path(source).exists():
         raise DataError(f"data not found: {source} (give an image folder, an .npz file or 'fashion-mnist')")
     ds = adm_data.load_dataset(source, image_size, channels=channels, split="train", class_cond=class_cond)
@@ -82,7 +80,7 @@ def _materialise(ds, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     loader = DataLoader(ds, batch_size=512, shuffle=False, num_workers=workers)
     xs, ys = [], []
     for x, y in loader:
-        xs.append(to_uint8(x))
+        xs.append(quantize(x))
         ys.append(torch.as_tensor(y, dtype=torch.long).reshape(-1))
     if not xs:
         raise DataError("the data set holds no readable images")

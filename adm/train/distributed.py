@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from adm.errors import ConfigError
+from adm.runtime import parse_device
 
 
 @dataclass(frozen=True)
@@ -30,22 +31,10 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """"cpu" | "cuda" | "cuda:N" | None (cuda if available) -> a torch.device."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but this machine has no usable CUDA GPU")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use cpu or cuda")
-    return dev
-
-
-def setup(device: str | None = None) -> DistContext:
+def setup(device: str | torch.device | None = None) -> DistContext:
     """Join the process group that torchrun describes in the environment (or run alone)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
+    dev = parse_device(device)
     if world <= 1:
         return DistContext(0, 1, 0, dev)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -65,15 +54,6 @@ def teardown(ctx: DistContext) -> None:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(ctx: DistContext, obj):
-    """Rank 0's obj on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def gather_objects(ctx: DistContext, obj) -> list:

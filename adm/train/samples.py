@@ -9,21 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from adm.diffusion.process import Diffusion
-from adm.train.data import TensorData, to_uint8
+from adm.data.images import save_grid, to_uint8
+from adm.sampling import generator_noise, sample_ddim
+from adm.train.data import TensorData
 
 COLUMNS = 8
 
 
 @torch.no_grad()
 def sample_grid(model: nn.Module, trainer: str, data: TensorData, path: Path, steps: int = 25,
-                seed: int = 0, autocast=contextlib.nullcontext) -> Path | None:
+                seed: int = 0, autocast=contextlib.nullcontext) -> Path:
     """Write a grid: one row per class (up to 10) for class-conditional models, else 4 rows; for an
-    upsampler, rows of low-res input (nearest-upsampled), sample and original. None if sampling is unavailable."""
-    try:
-        from adm.data.images import save_grid
-        from adm.sampling import generator_noise, sample_ddim
-    except ImportError:
-        return None
+    upsampler, rows of low-res input (nearest-upsampled), sample and original."""
     cfg = model.config
     device = next(model.parameters()).device
     diffusion = Diffusion.from_config(cfg.diffusion, timestep_respacing=f"ddim{steps}")
@@ -62,7 +59,7 @@ def sample_grid(model: nn.Module, trainer: str, data: TensorData, path: Path, st
     if trainer == "upsampler":
         up = F.interpolate(kwargs["low_res"], size=(size, size), mode="nearest")
         x = torch.cat([up, x, x0])
-    images = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+    images = to_uint8(x)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid(path, images, nrow=COLUMNS if trainer != "upsampler" else n, row_labels=row_labels)
     return path

@@ -1,13 +1,17 @@
-"""Training checkpoints in RUN_DIR/checkpoints/step_XXXXXXXX.pt, each written whole or not at all.
+"""The training checkpoint format, read and written here only: RUN_DIR/checkpoints/step_XXXXXXXX.pt.
 
-A file is written to a temporary name, fsync'ed, renamed, and the directory fsync'ed: a crash at any
-moment leaves either the new file or none, never a truncated one. Files hold only tensors, numbers,
-strings and containers, so they load with torch.load(weights_only=True).
+A checkpoint is a dict (`checkpoint_state` builds it): "model" (raw weights), "ema" ({repr(rate):
+state_dict}), "optimizer", "scaler", "rng", "timestep_sampler", "data", "world_size", "config" (the
+TrainConfig as JSON, whose "model" entry is the network config with its "kind") and "step".
+`exported_weights` reads the network back out of one (the first EMA rate, else the raw weights).
+
+Files are written atomically (adm.runtime.atomic_write: a crash leaves the new file or none) and hold
+only tensors, numbers, strings and containers, so they load with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
 import errno
-import os
+import json
 import pickle
 import random
 import re
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from adm.errors import CheckpointError
+from adm.runtime import atomic_write
 
 CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d{8})(\.keep)?\.pt$")  # .keep: survives later saves
@@ -49,35 +54,6 @@ def _dump(obj: Any, f) -> None:
     torch.save(obj, f)
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file + fsync + rename; on failure the old file is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            _dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: bool = False) -> Path:
     """Write step's checkpoint, then drop the previous ones that are not kept.
 
@@ -86,7 +62,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: bool = False) -
     path = checkpoint_path(run_dir, step, keep)
     previous = list_checkpoints(run_dir)
     try:
-        atomic_save({**state, "step": step}, path)
+        atomic_write(path, lambda f: _dump({**state, "step": step}, f))
     except OSError as e:
         last = f"step {previous[-1][0]}" if previous else "none"
         why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
@@ -106,6 +82,32 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
+
+
+def checkpoint_state(*, model: dict, ema: dict, optimizer: dict, scaler: dict, rng: dict, timestep_sampler: dict,
+                     data: dict, world_size: int, config: dict) -> dict:
+    """A checkpoint's contents (the step is added by save_checkpoint)."""
+    return {"model": model, "ema": ema, "optimizer": optimizer, "scaler": scaler, "rng": rng,
+            "timestep_sampler": timestep_sampler, "data": data, "world_size": world_size,
+            "config": json.dumps(config)}
+
+
+def exported_weights(obj: Any) -> tuple[dict, dict, int] | None:
+    """(network config dict with "kind", its state_dict: the first EMA rate's, else the raw weights, step)
+    of a training checkpoint's contents; None for anything that is not one."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("config"), str) and isinstance(obj.get("model"), dict)):
+        return None
+    try:
+        cfg = json.loads(obj["config"])
+    except json.JSONDecodeError:
+        return None
+    net = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(net, dict) or not isinstance(net.get("kind"), str):
+        return None
+    emas = obj.get("ema") if isinstance(obj.get("ema"), dict) else {}
+    rates = [repr(float(r)) for r in cfg.get("ema") or []]
+    sd = emas.get(rates[0]) if rates and rates[0] in emas else next(iter(emas.values()), None)
+    return net, sd if isinstance(sd, dict) and sd else obj["model"], int(obj.get("step", 0))
 
 
 def load_latest(run_dir: Path) -> dict | None:

@@ -1,23 +1,30 @@
-"""Saving and loading networks: config.json + model.safetensors, presets, and official .pt files."""
+"""The networks' file formats: config.json + model.safetensors directories, state_dicts in .pt and
+.safetensors files, strict loading with explained mismatches.
+
+This module knows no presets, downloads or training runs: `from_pretrained` hands its source to the
+loader that `adm.hub` registers (`set_loader`), which resolves preset names, run directories, official
+.pt files and training checkpoints, and comes back here for the formats.
+"""
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from adm.errors import CheckpointError, ConfigError
+from adm.runtime import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+# -- files ------------------------------------------------------------------------------------------
 def read_torch_file(path: str | os.PathLike) -> Any:
     """torch.load with weights_only=True; unreadable or code-carrying files raise CheckpointError."""
     path = Path(path)
@@ -31,37 +38,76 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             f"(loading it could run code); only weights are accepted ({str(e).splitlines()[0][:120]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
+                              f"{str(e).splitlines()[0][:160]}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def extract_state_dict(obj: Any, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
-    """The state_dict inside an official .pt (a bare dict) or a training checkpoint ({'model': ...})."""
+    """The state_dict of an official .pt (a bare dict of tensors) or of a {'state_dict' | 'model': ...}
+    wrapper; adm's own training checkpoints are read by adm.train.state."""
+    if _is_state_dict(obj):
+        return obj
     if isinstance(obj, dict):
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-        for key in ("ema", "model", "state_dict"):
-            value = obj.get(key)
-            if isinstance(value, dict) and value:
-                if key == "ema" and not all(isinstance(v, torch.Tensor) for v in value.values()):
-                    value = next(iter(value.values()))  # adm train: {rate: state_dict}, the first rate
-                return extract_state_dict(value, path)
+        for key in ("state_dict", "model"):
+            if _is_state_dict(obj.get(key)):
+                return obj[key]
     raise CheckpointError(f"{path}: holds no state_dict of tensors")
 
 
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from None
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """key -> shape of a safetensors file, read from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a .pt or .safetensors file."""
+    """The state_dict in a .safetensors or .pt file."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from None
+        return read_safetensors(path)
     return extract_state_dict(read_torch_file(path), path)
+
+
+def read_model_config(directory: str | os.PathLike) -> dict:
+    """config.json of a directory as a dict ({} when absent); invalid JSON raises CheckpointError."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """A save_pretrained directory: config.json naming a network kind, and model.safetensors."""
+    from adm.nn.config import KINDS
+
+    path = Path(path)
+    return path.is_dir() and (path / WEIGHTS_NAME).is_file() and read_model_config(path).get("kind") in KINDS
 
 
 def state_dict_mismatch(expected: dict[str, torch.Size], got: dict[str, torch.Tensor]) -> list[str]:
@@ -81,19 +127,14 @@ def state_dict_mismatch(expected: dict[str, torch.Size], got: dict[str, torch.Te
     return problems
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file through a temporary file and a rename, so it is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# -- the loader that from_pretrained uses (registered by adm.hub) -------------------------------------
+_LOADER: Callable[..., nn.Module] | None = None
+
+
+def set_loader(loader: Callable[..., nn.Module]) -> None:
+    """Register loader(source, kinds=(kind,), config=...) -> network, used by from_pretrained."""
+    global _LOADER
+    _LOADER = loader
 
 
 class PretrainedMixin:
@@ -102,26 +143,19 @@ class PretrainedMixin:
     config_class: type
     kind: str
 
-    # -- weights ---------------------------------------------------------------------------
     def load_checked(self, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Strict load; a mismatch names the differing keys and the preset that would fit."""
+        """Strict load; a mismatch names the differing keys."""
         expected = {k: v.shape for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         problems = state_dict_mismatch(expected, state_dict)
         if problems:
-            from adm.presets import identify
-
-            fit = identify(state_dict)
-            hint = f"; it fits the preset {fit!r}" if fit else ""
-            raise CheckpointError(
-                f"{source} does not fit this {self.kind} config: {'; '.join(problems)}{hint}"
-            )
+            raise CheckpointError(f"{source} does not fit this {self.kind} config: {'; '.join(problems)}")
         own = self.state_dict()  # type: ignore[attr-defined]
         with torch.no_grad():
             for k, v in state_dict.items():
                 own[k].copy_(v.to(own[k].dtype))
 
-    # -- saving ----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        extra: dict | None = None) -> Path:
         """Write config.json and model.safetensors (optionally cast, e.g. to float16)."""
         from safetensors.torch import save
 
@@ -137,7 +171,6 @@ class PretrainedMixin:
         atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         return directory
 
-    # -- loading ---------------------------------------------------------------------------
     @classmethod
     def from_config_dict(cls, d: dict):
         kind = d.get("kind", cls.kind)
@@ -147,56 +180,26 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, config=None, device: str | torch.device = "cpu"):
-        """Load from a directory (config.json + model.safetensors), a preset name, or a .pt/.safetensors file.
+        """Load from a directory (config.json + model.safetensors), a training run directory, a preset
+        name (its released or shipped weights), or a .pt / .safetensors file (official or from training).
 
         For a bare official .pt, `config` (a config object or guided-diffusion flag dict) may be given;
         otherwise the preset is recognised from the state_dict's shapes.
         """
-        path = Path(source)
-        if path.is_dir():
-            cfg_file = path / CONFIG_NAME
-            if not cfg_file.is_file():
-                raise CheckpointError(f"{path} has no {CONFIG_NAME}: not a saved adm model directory")
-            try:
-                meta = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-            meta.pop("extra", None)
-            model = cls.from_config_dict(meta)
-            model.load_checked(read_state_dict(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
-            return model.to(device)
-        if path.suffix in (".pt", ".pth", ".safetensors") or path.exists():
-            sd = read_state_dict(path)
-            model = cls._model_for_state_dict(sd, config, path)
-            model.load_checked(sd, str(path))
-            return model.to(device)
-        from adm import presets
-
-        if isinstance(source, str) and os.sep not in source and "." not in source:
-            return presets.build(source, pretrained=True, expect=cls).to(device)
-        raise CheckpointError(f"no such file or directory: {source}")
+        if _LOADER is None:  # adm.hub registers it; `import adm` imports adm.hub
+            raise RuntimeError("adm.hub is not imported: import adm first")
+        return _LOADER(source, kinds=cls._kinds(), config=config).to(device)
 
     @classmethod
-    def _model_for_state_dict(cls, sd: dict[str, torch.Tensor], config, path: Path):
-        from adm import presets
-
-        if config is None:
-            side = path.with_name(CONFIG_NAME)
-            if side.is_file():
-                meta = json.loads(side.read_text())
-                meta.pop("extra", None)
-                return cls.from_config_dict(meta)
-            name = presets.identify(sd)
-            if name is None:
-                raise CheckpointError(
-                    f"{path}: the state_dict matches no known preset; pass its config or guided-diffusion flags"
-                )
-            return presets.build(name, expect=cls)
-        if isinstance(config, dict):
-            from adm.compat.script_util import config_from_flags
-
-            config = config_from_flags(config, kind=cls.kind)
-        return cls(config)
+    def _kinds(cls) -> tuple[str, ...]:
+        """This class's kind and its subclasses' (an ADM_U is an ADM)."""
+        kinds, todo = [], [cls]
+        while todo:
+            c = todo.pop(0)
+            if getattr(c, "kind", None) and c.kind not in kinds:
+                kinds.append(c.kind)
+            todo += c.__subclasses__()
+        return tuple(kinds)
 
     # -- guided-diffusion's mixed precision: body convolutions in float16, the rest in float32 --
     def convert_to_fp16(self) -> None:

@@ -1,4 +1,11 @@
-"""Official checkpoint downloads: a per-user cache, resumable transfers, checksums, atomic renames."""
+"""Official checkpoint downloads: a per-user cache, resumable transfers, verified files, atomic renames.
+
+Verification: a file whose SHA-256 is known is checked against it before first use. Any other file has
+its digest recorded at its first download (FILE.sha256 beside it) and is checked against that record on
+every later use; the record also holds the file's size and modification time, so an unchanged file is
+not rehashed, while any write to it is. A file that fails its check is moved aside (FILE.corrupt) and
+never loaded.
+"""
 
 from __future__ import annotations
 
@@ -63,43 +70,42 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(dest.with_name(dest.name + ".lock")):  # one process downloads, the others wait for it
         if dest.exists():
-            if expected is None or _cached_matches(dest, expected):
-                return dest
-            dest.unlink()  # corrupt or outdated cached copy: fetch it again
+            _verify_cached(dest, expected)
+            return dest
         _fetch(url, part, dest, progress=progress, timeout=timeout)
-        if expected is not None and (actual := sha256_file(part)) != expected:
+        actual = sha256_file(part)
+        if expected is not None and actual != expected:
             part.unlink()
             raise CheckpointError(
                 f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}; "
                 f"the corrupt download was deleted, re-run to fetch it again or place a good copy at {dest}"
             )
         os.replace(part, dest)  # atomic: the final name only ever holds a complete, verified file
-        if expected is not None:
-            _write_stamp(dest, expected)
+        _write_stamp(dest, actual)  # the digest every later use is checked against
     return dest
 
 
-def resolve_weights(
-    spec: bool | str | os.PathLike,  # True: the official weights at `url`; else a local file (or a URL)
-    *,
-    url: str | None = None,
-    filename: str | None = None,
-    sha256: str | None = None,
-) -> Path:
-    """The weights file `spec` names: True downloads `url` into the cache; a path must exist."""
-    if spec is True:
-        if url is None:
-            raise CheckpointError("no official weights to download for this model; pass a local checkpoint file")
-        return download(url, filename, sha256=sha256)
-    if isinstance(spec, (str, os.PathLike)):
-        text = os.fspath(spec)
-        if isinstance(text, str) and text.startswith(("http://", "https://", "file://")):
-            return download(text)  # a user's own URL: their file, so no official checksum applies
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        return path
-    raise TypeError(f"weights must be True or a file path, not {spec!r}")
+def _verify_cached(path: Path, expected: str | None) -> None:
+    """Check a cached file against its known digest, else the one recorded at its download; on a
+    mismatch move it aside and raise CheckpointError naming it."""
+    recorded = _recorded_digest(path)
+    want = expected or recorded
+    if want is None:  # cached before digests were recorded (or placed by hand): record it now
+        _write_stamp(path, sha256_file(path))
+        return
+    if recorded == want and _stamp_current(path, want):
+        return  # verified before, unchanged since (same digest record, size and modification time)
+    actual = sha256_file(path)
+    if actual != want:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        source = "its known digest" if expected else "the digest recorded when it was downloaded"
+        raise CheckpointError(
+            f"{path}: the cached file does not match {source} (sha256 {want}, got {actual}); it was moved "
+            f"to {aside} and not loaded; re-run to download it again"
+        )
+    _write_stamp(path, actual)
 
 
 def _fetch(url: str, part: Path, dest: Path, *, progress: bool, timeout: float) -> None:
@@ -215,15 +221,20 @@ def _url_filename(url: str) -> str:
     return name
 
 
-def _cached_matches(path: Path, expected: str) -> bool:
-    """Whether a cached file has the expected digest; a stamp file skips rehashing an unchanged file."""
+def _recorded_digest(path: Path) -> str | None:
+    """The digest recorded for a cached file (None without a record)."""
+    try:
+        text = path.with_name(path.name + ".sha256").read_text().split()
+    except OSError:
+        return None
+    return text[0] if text else None
+
+
+def _stamp_current(path: Path, digest: str) -> bool:
+    """Whether the record says `digest` for exactly this size and modification time."""
     with contextlib.suppress(OSError):
-        if path.with_name(path.name + ".sha256").read_text() == _stamp(path, expected):
-            return True
-    if sha256_file(path) != expected:
-        return False
-    _write_stamp(path, expected)
-    return True
+        return path.with_name(path.name + ".sha256").read_text() == _stamp(path, digest)
+    return False
 
 
 def _stamp(path: Path, digest: str) -> str:
