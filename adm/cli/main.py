@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "adm.cli.sample",
     "adm.cli.upsample",
     "adm.cli.demo",
+    "adm.cli.reproduce",
 ]
 
 

