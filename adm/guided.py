@@ -13,7 +13,15 @@ from adm.data.images import to_uint8 as data_to_uint8
 from adm.errors import ConfigError
 from adm.runtime import CompiledWithFallback
 from adm.sampling import SAMPLERS, get_sampler
-from adm.sampling.guidance import classifier_free_guidance, classifier_guidance
+from adm.sampling.guidance import (
+    Interval,
+    TimestepSigma,
+    autoguidance,
+    check_interval,
+    classifier_free_guidance,
+    classifier_guidance,
+    limit_to_interval,
+)
 from adm.sampling.model import Callback, CondFn, ModelFn
 from adm.sampling.seeds import SeededNoise, initial_noise
 
@@ -59,11 +67,12 @@ def generate(
     shape: Sequence[int],                        # [N, C, H, W]
     *,
     sampler: str = "ddpm",                       # one of adm.sampling.SAMPLERS
-    steps: int | str | None = None,              # model calls, or a respacing spec (Sampler.respacing)
+    steps: int | str | None = None,              # model calls, or a schedule spec (Sampler.respacing)
     seed: int | Sequence[int] = 0,               # image i uses seed + i
     model_kwargs: dict | None = None,            # per-image tensors ([N, ...]) are cut into batches
     cond_fn_for: Callable[[slice], CondFn | None] | None = None,  # guidance for a batch of images
     eta: float = 0.0,                            # DDIM only
+    churn: float | None = None,                  # EDM's S_churn (heun, edm, euler; None: the sampler's default)
     batch_size: int | None = None,               # images per model call (default: all)
     clip_denoised: bool = True,
     progress: bool = False,
@@ -71,17 +80,16 @@ def generate(
     device=None,
 ) -> torch.Tensor:
     """[N, C, H, W] samples clamped to [-1, 1] (guidance can push the last step slightly past the
-    range) from any sampler, with per-image seeded noise."""
+    range) from any sampler, with per-image seeded noise. `callback` runs once per model call."""
     sample_fn = get_sampler(sampler)
-    if eta and not sample_fn.takes_eta:
-        raise ConfigError(f"eta applies to the ddim sampler only (sampler is {sampler!r})")
-    diffusion = Diffusion.from_config(diffusion_config, sample_fn.respacing(steps, diffusion_config.steps))
+    spec = sample_fn.respacing(steps, diffusion_config.steps)
+    extra = sample_fn.options(spec, eta=eta, churn=churn)
+    diffusion = sample_fn.process(diffusion_config, spec)
     n = int(shape[0])
     seeds = _seeds(seed, n)
     batch_size = n if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    extra = {"eta": eta} if sample_fn.takes_eta else {}
     out = []
     for lo in range(0, n, batch_size):
         part = slice(lo, min(n, lo + batch_size))
@@ -102,39 +110,74 @@ def _device(module: nn.Module, device):
     return p.device if p is not None else torch.device("cpu")
 
 
+def check_guide_model(model: nn.Module, guide: nn.Module, what: str = "the guide model") -> None:
+    """ConfigError (one line) unless `guide` can guide `model` by autoguidance: an ADM of the same family,
+    taking the same images and labels on the same diffusion (schedule, steps, what the output means)."""
+    m, g = model.config, getattr(guide, "config", None)
+    if getattr(g, "kind", None) != getattr(m, "kind", "ADM"):
+        raise ConfigError(f"{what} is {getattr(g, 'kind', type(guide).__name__)}, not an {getattr(m, 'kind', 'ADM')} "
+                          "like the model (autoguidance needs a weaker model of the same family)")
+    if (g.image_size, g.in_channels) != (m.image_size, m.in_channels):
+        raise ConfigError(f"{what} takes {g.image_size}x{g.image_size}x{g.in_channels} images but the model makes "
+                          f"{m.image_size}x{m.image_size}x{m.in_channels}")
+    if g.num_classes != m.num_classes:
+        def classes(n: int) -> str:
+            return f"has {n} classes" if n else "is unconditional"
+
+        raise ConfigError(f"{what} {classes(g.num_classes)} but the model {classes(m.num_classes)}")
+    keys = ("steps", "noise_schedule", "predict_xstart", "rescale_timesteps")
+    diff = [k for k in keys if getattr(g.diffusion, k) != getattr(m.diffusion, k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{what} was trained on another diffusion ({k} {getattr(g.diffusion, k)!r}, the model's "
+                          f"{getattr(m.diffusion, k)!r})")
+
+
 class ADM_G(nn.Module):
     """Guided sampling (paper section 4): a diffusion model with a noisy classifier and a scale s
     (classifier guidance, Algorithms 1 and 2), or, with classifier=None, a model trained with label
-    dropout (classifier-free guidance, eps_uncond + s (eps_cond - eps_uncond)).
+    dropout (classifier-free guidance, eps_uncond + s (eps_cond - eps_uncond)), or, with a guide model,
+    autoguidance (Karras et al. 2024: D_bad + s (D_good - D_bad), the guide a weaker ADM of the same family).
 
     Unconditional models can be guided by a classifier (the paper's Table 4). Scale 0 is unguided
-    sampling.
+    sampling for classifier guidance; scale 1 is unguided for classifier-free guidance and autoguidance.
+    Every guidance composes with every sampler (adm.sampling.SAMPLERS) and with a guidance interval.
     """
 
     to_uint8 = staticmethod(to_uint8)
 
     def __init__(self, diffusion_model: nn.Module, classifier: nn.Module | None = None, scale: float = 1.0,
-                 compile: bool | str | Callable = False):
+                 compile: bool | str | Callable = False, guide_model: nn.Module | None = None):
         """compile: torch.compile the model and classifier for sampling (True: the default backend, or a
-        torch.compile backend such as "aot_eager"); if the compiler fails they run eagerly after a warning."""
+        torch.compile backend such as "aot_eager"); if the compiler fails they run eagerly after a warning.
+        guide_model: autoguidance's weaker model (the scale is its weight w); not with a classifier."""
         super().__init__()
         self.model = diffusion_model
         self.classifier = classifier
+        self.guide_model = guide_model
         self.scale = self._check_scale(scale)
         self.compile = compile
         self._compiled: dict[int, CompiledWithFallback] = {}
         model_classes = self.model.config.num_classes
+        if guide_model is not None:
+            self._check_guide(guide_model)
         if classifier is not None:
             clf_classes = classifier.config.num_classes
             if model_classes and clf_classes != model_classes:
                 raise ConfigError(
                     f"the classifier has {clf_classes} classes but the diffusion model {model_classes}"
                 )
-        elif self.scale != 1.0 and self.null_label is None:
+        elif guide_model is None and self.scale != 1.0 and self.null_label is None:
             raise ConfigError(
                 "classifier-free guidance (no classifier, scale != 1) needs a model trained with label "
                 "dropout (a config with null_class=True); pass a classifier for classifier guidance"
             )
+
+    def _check_guide(self, guide: nn.Module) -> None:
+        if self.classifier is not None:
+            raise ConfigError("autoguidance (a guide model) and classifier guidance do not combine: "
+                              "drop the classifier or the guide model")
+        check_guide_model(self.model, guide)
 
     @staticmethod
     def _check_scale(scale: float) -> float:
@@ -169,19 +212,54 @@ class ADM_G(nn.Module):
         labels: torch.Tensor | Sequence[int] | None = None,  # [N] class labels, or None for random / none
         n: int | None = None,                     # number of images when no labels are given
         *,
-        steps: int | str | None = None,           # 250 ddpm, 25 ddim, 20 dpmpp2m (model calls); or "ddim25", "10,15,20"
-        sampler: str = "ddpm",                    # "ddpm" | "ddim" | "dpmpp2m"
+        steps: int | str | None = None,           # model calls (every sampler), or a schedule spec
+        sampler: str = "ddpm",                    # a name of adm.sampling.SAMPLERS
         scale: float | None = None,               # overrides the object's guidance scale
         seed: int | Sequence[int] = 0,            # image i uses seed + i, whatever the batch size
         eta: float = 0.0,                         # DDIM's eta
+        churn: float | None = None,               # EDM's S_churn: heun, euler (default 0), edm (default 40/256 a step)
+        guidance_interval: Interval | None = None,  # (sigma_lo, sigma_hi): guide only there (None: everywhere)
+        guide_model: nn.Module | None = None,     # autoguidance's weaker model (overrides the object's)
         batch_size: int | None = None,
         clip_denoised: bool = True,
         progress: bool = False,                   # tqdm bar over the steps
-        callback: Callback | None = None,         # per step: {"i", "t", "x", "sample", "pred_xstart"}
+        callback: Callback | None = None,         # once per model call: {"i", "t", "x", "pred_xstart", ...}
         device=None,
     ) -> torch.Tensor:
-        """[N, C, H, W] images in [-1, 1] (ADM_G.to_uint8 gives the paper's NHWC uint8)."""
+        """[N, C, H, W] images in [-1, 1] (ADM_G.to_uint8 gives the paper's NHWC uint8).
+
+        sampler and steps (an int N counts model calls for every sampler; a classifier-free or autoguided
+        call, a doubled or paired UNet batch, counts once; the registry's rule, Sampler.respacing):
+          "ddpm"          N steps evenly spaced (default 250)
+          "ddim"          N steps, DDIM's stride where one gives N (default 25); eta as given
+          "dpmpp2m"       N calls on N + 1 steps spaced in log-SNR (default 20)
+          "euler"         N steps of EDM's Karras schedule (rho 7) from min(80, sigma_max) to the model's
+                          sigma_min, then 0: N calls (default 25)
+          "heun"          EDM's Heun on the Karras schedule: (N + 1) // 2 steps, the most with at most N calls
+                          (K steps cost 2K - 1: the step to sigma = 0 is one Euler call), so N odd is N calls
+                          and N even N - 1 (default 35: 18 steps)
+          "edm"           heun with EDM's churn for ImageNet-64 with ADM: S_tmin 0.05, S_tmax 50,
+                          S_noise 1.003, S_churn 40 at EDM's 256 steps scaled to K steps (40 K / 256, so
+                          gamma = 40/256 at every step in [S_tmin, S_tmax]); churn= sets S_churn as EDM
+                          defines it (gamma = min(S_churn / K, sqrt(2) - 1)); default 511 calls (256 steps:
+                          EDM's exact setting)
+          "euler_a"       Euler ancestral (eta 1) on the Karras schedule: N calls (default 25)
+          "dpmpp2m_sigma" DPM-Solver++(2M) in the sigma frame on the Karras schedule: N calls (default 20)
+        A string is a spec: a respacing ("250", "ddim25", "10,15,20", "logsnr11") for every sampler (for the
+        sigma-frame ones: the sigmas of those steps, at the discrete samplers' exact timesteps: euler on
+        "ddim25" is ddim on "ddim25"), or "karrasK" (K levels of the Karras schedule) for the sigma ones.
+
+        Guidance: a classifier (scale s), classifier-free (no classifier, scale w != 1; a model with a null
+        label) or autoguidance (guide_model, scale w), with any sampler. guidance_interval (lo, hi): guide
+        only at noise levels sigma = sqrt((1 - abar) / abar) in [lo, hi] (closed; hi may be inf), in the
+        sigma frame at the sampler's sigmas, in the discrete one at the timesteps of those sigmas; outside it
+        the step is unguided (no classifier gradient, the conditional model, the good model).
+        """
         scale = self.scale if scale is None else self._check_scale(scale)
+        interval = check_interval(guidance_interval)
+        guide = self.guide_model if guide_model is None else guide_model
+        if guide_model is not None:
+            self._check_guide(guide_model)
         cfg = self.model.config
         num_classes = self.num_classes
         if labels is None:
@@ -198,22 +276,27 @@ class ADM_G(nn.Module):
         if y is not None:
             y = y.to(device)
 
+        # sigma of the timesteps the model receives, on the unrespaced process (any sampler, any respacing)
+        sigma_of = TimestepSigma(Diffusion.from_config(cfg.diffusion, "")) if interval is not None else None
         model_fn: ModelFn = self._maybe_compiled(self.model)
         cond_fn_for = None
-        if self.classifier is not None and scale > 0:
+        if guide is not None:
+            if scale != 1.0:
+                model_fn = autoguidance(model_fn, self._maybe_compiled(guide), scale, interval, sigma_of)
+        elif self.classifier is not None and scale > 0:
             classifier = self._maybe_compiled(self.classifier)
 
             def cond_fn_for(part: slice) -> CondFn:
-                return classifier_guidance(classifier, scale, labels=y[part])
+                return limit_to_interval(classifier_guidance(classifier, scale, labels=y[part]), interval, sigma_of)
         elif self.classifier is None and scale != 1.0:
             if self.null_label is None:
                 raise ConfigError("classifier-free guidance needs a model trained with label dropout (null_class)")
-            model_fn = classifier_free_guidance(model_fn, scale, self.null_label)
+            model_fn = classifier_free_guidance(model_fn, scale, self.null_label, interval, sigma_of)
         model_kwargs = {"y": y} if cfg.num_classes else {}
         return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),
                         sampler=sampler, steps=steps, seed=seed, model_kwargs=model_kwargs,
-                        cond_fn_for=cond_fn_for, eta=eta, batch_size=batch_size, clip_denoised=clip_denoised,
-                        progress=progress, callback=callback, device=device)
+                        cond_fn_for=cond_fn_for, eta=eta, churn=churn, batch_size=batch_size,
+                        clip_denoised=clip_denoised, progress=progress, callback=callback, device=device)
 
 
 def _low_res_float(low_res: torch.Tensor) -> torch.Tensor:
@@ -232,6 +315,7 @@ def upsample(
     sampler: str = "ddpm",
     seed: int | Sequence[int] = 0,
     eta: float = 0.0,
+    churn: float | None = None,
     batch_size: int | None = None,
     clip_denoised: bool = True,
     progress: bool = False,
@@ -253,8 +337,8 @@ def upsample(
         raise ConfigError("labels were given for an unconditional upsampler")
     shape = (low.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
     return generate(sr_model, cfg.diffusion, shape, sampler=sampler, steps=steps, seed=seed, model_kwargs=kwargs,
-                    eta=eta, batch_size=batch_size, clip_denoised=clip_denoised, progress=progress,
+                    eta=eta, churn=churn, batch_size=batch_size, clip_denoised=clip_denoised, progress=progress,
                     callback=callback, device=device)
 
 
-__all__ = ["ADM_G", "SAMPLERS", "generate", "random_labels", "to_uint8", "upsample"]
+__all__ = ["ADM_G", "SAMPLERS", "check_guide_model", "generate", "random_labels", "to_uint8", "upsample"]

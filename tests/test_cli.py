@@ -44,10 +44,15 @@ def pngs(d: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
-    """Tiny models: M (4 classes + null label), C (classifier), U (16 -> 32 upsampler), x.pt (from FLAGS)."""
+    """Tiny models: M (4 classes + null label), C (classifier), U (16 -> 32 upsampler), x.pt (from FLAGS),
+    W (a weaker ADM of M's family: autoguidance's guide), W8 and Wu (of other sizes / classes)."""
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     ADM(image_size=16, num_classes=4, null_class=True, **TINY).save_pretrained(d / "M")
+    weak = {**TINY, "channel_mult": (1,), "attention_resolutions": ()}
+    ADM(image_size=16, num_classes=4, **weak).save_pretrained(d / "W")
+    ADM(image_size=8, num_classes=4, **weak).save_pretrained(d / "W8")
+    ADM(image_size=16, **weak).save_pretrained(d / "Wu")
     ADM_classifier(image_size=16, num_classes=4, pool="adaptive", **TINY).save_pretrained(d / "C")
     ADM_U(image_size=32, small_size=16, num_classes=4, **TINY).save_pretrained(d / "U")
     from adm.compat import config_from_flags, parse_flags
@@ -235,6 +240,21 @@ def error_cases(m: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["info", str(tmp / "nothing.pt")], "no such file or directory"),
         (["demo", "--model", M, "--classifier", str(tmp / "nope"), "--out", str(tmp / "d")], "not found"),
         (["demo", "--scales", "1,x"], "--scales"),
+        (["sample", "--model", M, "--guide-model", str(m / "W8")], "--guide-model takes 8x8x3 images"),
+        (["sample", "--model", M, "--guide-model", str(m / "Wu")],
+         "--guide-model is unconditional but the model has 4 classes"),
+        (["sample", "--model", M, "--guide-model", C], "expected ADM"),
+        (["sample", "--model", M, "--guide-model", str(m / "W"), "--classifier", C], "do not combine"),
+        (["sample", "--model", M, "--guide-model", str(m / "W"), "--cfg-scale", "2"], "do not combine"),
+        (["sample", "--model", M, "--cfg-scale", "2", "--guidance-interval", "5,0.3"], "LO (5) is above HI (0.3)"),
+        (["sample", "--model", M, "--cfg-scale", "2", "--guidance-interval", "0.3"], "two noise levels"),
+        (["sample", "--model", M, "--cfg-scale", "2", "--guidance-interval=-1,2"], ">= 0"),
+        (["sample", "--model", M, "--guidance-interval", "0.3,5"], "limits a guidance"),
+        (["sample", "--model", M, "--sampler", "euler_a", "--churn", "5"], "--churn applies to --sampler euler / heun"),
+        (["sample", "--model", M, "--sampler", "ddim", "--churn", "5"], "--churn applies"),
+        (["sample", "--model", M, "--sampler", "heun", "--eta", "0.5"], "--eta applies to --sampler ddim"),
+        (["sample", "--model", M, "--sampler", "ddim", "--steps", "karras5"], "noise-level schedule"),
+        (["demo", "--model", M, "--classifier", C, "--sampler", "heun", "--steps", "0"], "--steps must be"),
     ]
 
 
@@ -360,3 +380,35 @@ def test_convert_takes_adms_own_runs_and_checkpoints(models, tmp_path):
     assert "step 10" in proc.stdout  # the checkpoint's EMA weights
     got = ADM.from_pretrained(tmp_path / "b").state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_sigma_samplers_guidance_interval_and_guide_model(models, tmp_path):
+    """`adm sample --sampler heun --guidance-interval ... --guide-model ...` end to end: the images ADM_G makes
+    with the same settings, the settings in samples.json, any batch size; edm with --churn; demo --sampler heun."""
+    from adm.guided import ADM_G, to_uint8
+
+    M, W = str(models / "M"), str(models / "W")
+    args = ["sample", "--model", M, "--guide-model", W, "--scale", "2.5", "--sampler", "heun", "--steps", "5",
+            "--guidance-interval", "0.3,5", "--seed", "0-3", "--labels", "0-3", "--no-progress"]
+    adm(*args, "--batch-size", "3", "--out", str(tmp_path / "h"))
+    adm(*args, "--batch-size", "1", "--out", str(tmp_path / "h1"))
+    settings = json.loads((tmp_path / "h" / "samples.json").read_text())["settings"]
+    assert settings["sampler"] == "heun" and settings["steps"] == "karras3" and settings["churn"] == 0.0
+    assert settings["guidance_interval"] == [0.3, 5.0] and settings["guide_model"].endswith("W")
+    assert settings["scale"] == 2.5 and settings["classifier"] is None
+    guided = ADM_G(ADM.from_pretrained(M).eval(), scale=2.5, guide_model=ADM.from_pretrained(W).eval())
+    want = to_uint8(guided.sample([0, 1, 2, 3], steps=5, sampler="heun", seed=[0, 1, 2, 3],
+                                  guidance_interval=(0.3, 5.0))).numpy()
+    got, one_by_one = pngs(tmp_path / "h"), pngs(tmp_path / "h1")
+    assert sorted(got) == [f"{k:06d}.png" for k in range(4)]
+    for k, name in enumerate(sorted(got)):
+        assert np.abs(got[name].astype(int) - want[k]).max() <= 1, name  # a uint8 step of float rounding at most
+        assert np.abs(got[name].astype(int) - one_by_one[name]).max() <= 1, name
+    # EDM's stochastic sampler with an explicit churn, classifier-free guided in an open interval
+    adm("sample", "--model", M, "--cfg-scale", "3", "--guidance-interval", "0.5,inf", "--sampler", "edm",
+        "--steps", "3", "--churn", "10", "--num", "2", "--out", str(tmp_path / "e"), "--no-progress")
+    settings = json.loads((tmp_path / "e" / "samples.json").read_text())["settings"]
+    assert settings["churn"] == 10.0 and settings["guidance_interval"] == [0.5, None] and "guide_model" not in settings
+    proc = adm("demo", "--model", M, "--classifier", str(models / "C"), "--sampler", "heun", "--steps", "4",
+               "--scales", "2", "--out", str(tmp_path / "demo"), "--no-progress")
+    assert "4 images (4 classes x scales 2; heun, 3 model calls)" in proc.stdout

@@ -9,6 +9,8 @@ from adm.guided import ADM_G, to_uint8, upsample
 from adm.sampling import get_sampler
 from adm.nn import ADM, ADM_U, ADM_classifier, ADMConfig, ADMUConfig, ClassifierConfig
 from adm.sampling import SAMPLERS, classifier_free_guidance, classifier_guidance, sample_ddim, sample_ddpm
+from adm.sampling.guidance import TimestepSigma, autoguidance
+from adm.sampling.registry import names as sampler_names
 from helpers import randomized
 
 
@@ -193,3 +195,206 @@ def test_bad_input(nets, make, call, needle):
         obj = make(nets)
         if call is not None:
             call(obj)
+
+
+# --- the sigma-frame samplers, guidance intervals and autoguidance through ADM_G -------------------
+
+SIGMA_SAMPLERS = sampler_names("sigma")
+NOWHERE = (0.0, 0.0)  # no step has sigma 0 (sigma_min = 0.025 here)
+EVERYWHERE = (0.0, float("inf"))
+
+
+@pytest.fixture(scope="module")
+def guide(nets):
+    """A second ADM of the same family (same size, classes, diffusion): autoguidance's 'bad' model."""
+    return randomized(ADM(ADMConfig(**NET, num_classes=3, diffusion=DIFF)), 7)
+
+
+class Counted:
+    """Forward calls of a module (a doubled classifier-free batch is one call), and the timesteps seen."""
+
+    def __init__(self, module):
+        self.t = []
+        self.hook = module.register_forward_pre_hook(lambda _, args: self.t.append(args[1].detach().clone()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+
+
+def test_sigma_frame_samplers_are_registered():
+    assert SIGMA_SAMPLERS == ["euler", "heun", "edm", "euler_a", "dpmpp2m_sigma"]
+    assert all(SAMPLERS[s].frame == "sigma" for s in SIGMA_SAMPLERS)
+    assert [s for s in SAMPLERS if SAMPLERS[s].frame == "discrete"] == ["ddpm", "ddim", "dpmpp2m"]
+
+
+@pytest.mark.parametrize("sampler", SIGMA_SAMPLERS)
+def test_sigma_samplers_through_adm_g(nets, sampler):
+    """Shapes and range, steps = model calls (counted on the UNet; Heun: (N + 1) // 2 steps, 2K - 1 calls),
+    one callback a call, and per-image seeds that do not depend on the batch size (edm churns, euler_a
+    draws every step)."""
+    g = ADM_G(nets["cond"], nets["clf"], scale=3.0)
+    heun = sampler in ("heun", "edm")
+    for steps in (1, 4, 5):
+        seen = []
+        with Counted(nets["cond"]) as c:
+            images = g.sample([0, 2], steps=steps, sampler=sampler, seed=0, callback=seen.append)
+        assert images.shape == (2, 3, 8, 8) and images.abs().max() <= 1 and torch.isfinite(images).all()
+        want = 2 * ((steps + 1) // 2) - 1 if heun else steps
+        assert len(c.t) == len(seen) == want == get_sampler(sampler).model_calls(DIFF.steps,
+                                                                                respacing_for(steps, sampler, 100))
+        assert len(c.t) <= steps and set(seen[0]) >= {"i", "t", "x", "pred_xstart", "sigma"}
+    whole = g.sample(n=3, steps=5, sampler=sampler, seed=40)
+    parts = g.sample(n=3, steps=5, sampler=sampler, seed=40, batch_size=2)
+    tail = g.sample(n=1, steps=5, sampler=sampler, seed=[42])
+    # Equal but for float32 rounding of the batch-size-dependent kernels, which D = x - sigma eps multiplies by
+    # sigma (up to 80 here): ~1e-4. Other seeds differ by O(1).
+    assert torch.allclose(whole, parts, atol=2e-3) and torch.allclose(whole[2:], tail, atol=2e-3)
+    assert (whole[0] - whole[1]).abs().max() > 0.5
+
+
+def test_sigma_sampler_steps_and_churn_rules():
+    assert respacing_for(35, "heun", 1000) == "karras18" and respacing_for(36, "heun", 1000) == "karras18"
+    assert respacing_for(None, "edm", 1000) == "karras256" and respacing_for(7, "euler", 1000) == "karras7"
+    assert respacing_for("ddim25", "heun", 1000) == "ddim25" and respacing_for("karras9", "euler_a", 1000) == "karras9"
+    assert get_sampler("heun").model_calls(1000, "ddim25") == 49 and get_sampler("euler").model_calls(1000, "") == 1000
+    edm = get_sampler("edm")
+    assert edm.churn_settings(1000, "karras256") == {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}
+    assert edm.churn_settings(1000, "karras16")["s_churn"] == pytest.approx(2.5)  # gamma = 40/256 at any K
+    assert edm.churn_settings(1000, "karras16", churn=40)["s_churn"] == 40  # EDM's S_churn as given
+    assert get_sampler("heun").churn_settings(1000, "karras5")["s_churn"] == 0
+    assert get_sampler("euler_a").churn_settings(1000, "karras5") is None
+    with pytest.raises(ConfigError, match="noise-level schedule of the sigma-frame samplers"):
+        respacing_for("karras5", "ddim", 1000)
+    with pytest.raises(ConfigError, match="churn applies to the euler, heun, edm samplers"):
+        get_sampler("dpmpp2m_sigma").options("karras5", churn=1.0)
+
+
+def test_edm_churn_draws_noise_and_heun_churn_is_optional(nets):
+    g = ADM_G(nets["cond"])
+    plain = g.sample([0, 1], steps=7, sampler="heun", seed=3)
+    assert torch.equal(plain, g.sample([0, 1], steps=7, sampler="heun", seed=3, churn=0.0))
+    churned = g.sample([0, 1], steps=7, sampler="heun", seed=3, churn=2.0)
+    edm = g.sample([0, 1], steps=7, sampler="edm", seed=3)
+    assert not torch.allclose(plain, churned, atol=1e-3) and not torch.allclose(plain, edm, atol=1e-3)
+    assert torch.equal(edm, g.sample([0, 1], steps=7, sampler="edm", seed=3))  # seeded
+
+
+def assert_float_close(a, b, rel=5e-5):
+    err = float((a - b).abs().max())
+    assert err <= rel * max(1.0, float(b.abs().max())), f"max error {err:.3g}"
+
+
+@pytest.mark.parametrize("guidance", ["classifier", "cfg"])
+def test_euler_on_ddims_steps_is_ddim_through_adm_g(nets, guidance):
+    """The relation tested: ADM_G with sampler="euler" on the spec "ddim10" (the sigmas of DDIM's 10 steps,
+    the model and classifier called at exactly DDIM's timesteps) gives sampler="ddim" with steps=10 (that
+    same "ddim10") up to float32 rounding, clipping and guidance included; euler_a there is DDIM with eta 1,
+    draw for draw from the same per-image seeds."""
+    g = ADM_G(nets["cond"], nets["clf"], scale=3.0) if guidance == "classifier" else ADM_G(nets["cfg"], scale=3.0)
+    rel = 5e-5 if guidance == "classifier" else 5e-4  # w = 3 multiplies the two halves' rounding by 2w - 1 = 5
+    ddim = g.sample([0, 2], steps=10, sampler="ddim", seed=5)
+    assert_float_close(g.sample([0, 2], steps="ddim10", sampler="euler", seed=5), ddim, rel)
+    ddim1 = g.sample([0, 2], steps=10, sampler="ddim", eta=1.0, seed=5)
+    assert_float_close(g.sample([0, 2], steps="ddim10", sampler="euler_a", seed=5), ddim1, rel)
+    # with an interval too: the same steps are guided in both frames
+    iv = (0.3, 2.0)
+    assert_float_close(g.sample([0, 2], steps="ddim10", sampler="euler", seed=5, guidance_interval=iv),
+                       g.sample([0, 2], steps=10, sampler="ddim", seed=5, guidance_interval=iv), rel)
+    assert (ddim - g.sample([0, 2], steps=10, sampler="ddim", seed=5, guidance_interval=iv)).abs().max() > 1e-2
+
+
+ALL = ["ddpm", "ddim", "dpmpp2m", *SIGMA_SAMPLERS]
+
+
+@pytest.mark.parametrize("sampler", ALL)
+def test_interval_everywhere_is_no_interval_and_nowhere_is_unguided(nets, guide, sampler):
+    """[0, inf] is today's guidance bit for bit; an interval holding no step's sigma is unguided sampling
+    bit for bit (the classifier never runs; one conditional batch; the guide model never runs)."""
+    kw = dict(steps=4, sampler=sampler, seed=11)
+    cases = [  # (guided, unguided)
+        (ADM_G(nets["cond"], nets["clf"], scale=4.0), ADM_G(nets["cond"])),
+        (ADM_G(nets["cfg"], scale=3.0), ADM_G(nets["cfg"])),
+        (ADM_G(nets["cond"], scale=2.5, guide_model=guide), ADM_G(nets["cond"])),
+    ]
+    for guided, unguided in cases:
+        plain = guided.sample([0, 1], **kw)
+        assert torch.equal(guided.sample([0, 1], guidance_interval=EVERYWHERE, **kw), plain)
+        with Counted(nets["clf"]) as clf_calls, Counted(guide) as guide_calls:
+            nowhere = guided.sample([0, 1], guidance_interval=NOWHERE, **kw)
+        assert not clf_calls.t and not guide_calls.t
+        assert torch.equal(nowhere, unguided.sample([0, 1], **kw))
+        assert not torch.allclose(plain, nowhere, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp2m", "heun"])
+def test_interval_guides_exactly_the_steps_inside(nets, sampler):
+    """The classifier runs at the timesteps whose sigma = sqrt((1 - abar) / abar) is in [lo, hi], only."""
+    lo, hi = 0.3, 2.0
+    sigma_of = TimestepSigma(Diffusion.from_config(DIFF, ""))
+    with Counted(nets["cond"]) as model_calls, Counted(nets["clf"]) as clf_calls:
+        ADM_G(nets["cond"], nets["clf"], scale=2.0).sample([0, 1], steps=9, sampler=sampler, seed=0,
+                                                          guidance_interval=(lo, hi))
+    inside = [t for t in model_calls.t if lo <= float(sigma_of(t[:1])) <= hi]
+    assert 0 < len(inside) < len(model_calls.t)
+    assert [float(t[0]) for t in clf_calls.t] == [float(t[0]) for t in inside]
+
+
+def test_timestep_sigma():
+    full = Diffusion.from_config(DIFF, "")
+    sigma_of = TimestepSigma(full)
+    table = full.schedule.sqrt_recipm1_alphas_cumprod
+    assert torch.equal(sigma_of(torch.tensor([0, 37, 99])), table[[0, 37, 99]])  # exact at the steps
+    from adm.sampling.denoisers import EpsDenoiser
+
+    sig = torch.tensor([0.05, 0.7, 3.1, 40.0], dtype=torch.float64)  # between steps: the denoiser's inverse
+    t = EpsDenoiser(None, full).timesteps(sig)
+    assert torch.allclose(sigma_of(t), sig, rtol=1e-5)
+    rescaled = Diffusion.from_config(DIFF.replace(rescale_timesteps=True), "")
+    assert torch.equal(TimestepSigma(rescaled)(rescaled.model_timesteps(torch.tensor([5]))), table[[5]])
+
+
+def test_autoguidance(nets, guide):
+    good, bad = nets["cond"], guide
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([30, 30]), torch.tensor([0, 2])
+    g_out, b_out = good(x, t, y), bad(x, t, y)
+    out = autoguidance(good, bad, 2.0)(x, t, y=y)
+    assert torch.allclose(out[:, :3], b_out[:, :3] + 2.0 * (g_out[:, :3] - b_out[:, :3]), atol=1e-5)
+    assert torch.equal(out[:, 3:], g_out[:, 3:])  # the variance: the good model's
+    # w = 1 is the good model, exactly, for every sampler, without calling the guide
+    for sampler in ("ddpm", "dpmpp2m", "heun", "euler_a"):
+        with Counted(bad) as calls:
+            one = ADM_G(good, scale=1.0, guide_model=bad).sample([0, 2], steps=3, sampler=sampler, seed=1)
+        assert not calls.t and torch.equal(one, ADM_G(good).sample([0, 2], steps=3, sampler=sampler, seed=1))
+    # sample(guide_model=) on a plain ADM_G; both models called once a step
+    with Counted(bad) as calls:
+        two = ADM_G(good).sample([0, 2], steps=3, sampler="ddim", seed=1, scale=2.0, guide_model=bad)
+    assert len(calls.t) == 3 and not torch.allclose(two, ADM_G(good).sample([0, 2], steps=3, sampler="ddim", seed=1),
+                                                    atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "call,needle",
+    [
+        (lambda n, g: ADM_G(n["cond"], n["clf"], guide_model=g), "do not combine"),
+        (lambda n, g: ADM_G(n["cond"], n["clf"]).sample([0], steps=2, guide_model=g), "do not combine"),
+        (lambda n, g: ADM_G(n["cond"], guide_model=n["uncond"]), "is unconditional but the model has 3 classes"),
+        (lambda n, g: ADM_G(n["cond"], guide_model=n["clf"]), "is ADM_classifier"),
+        (lambda n, g: ADM_G(n["cond"], guide_model=ADM(ADMConfig(**{**NET, "image_size": 16}, num_classes=3,
+                                                                   diffusion=DIFF))), "takes 16x16x3 images"),
+        (lambda n, g: ADM_G(n["cond"], guide_model=ADM(ADMConfig(**NET, num_classes=3, diffusion=DIFF.replace(
+            noise_schedule="linear")))), "another diffusion"),
+        (lambda n, g: ADM_G(n["cond"], n["clf"]).sample([0], steps=2, guidance_interval=(5, 0.3)),
+         "sigma_lo <= sigma_hi"),
+        (lambda n, g: ADM_G(n["cond"]).sample([0], steps=2, sampler="euler_a", churn=1.0), "churn applies to"),
+        (lambda n, g: ADM_G(n["cond"]).sample([0], steps=2, sampler="heun", churn=-1.0), ">= 0"),
+        (lambda n, g: ADM_G(n["cond"]).sample([0], steps=2, sampler="heun", eta=0.5), "ddim sampler only"),
+        (lambda n, g: ADM_G(n["cond"]).sample([0], steps="karras0", sampler="heun"), "K >= 1"),
+    ],
+)
+def test_bad_guidance_input(nets, guide, call, needle):
+    with pytest.raises(ConfigError, match=needle):
+        call(nets, guide)

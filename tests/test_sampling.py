@@ -143,8 +143,8 @@ def test_dpmpp_2m_converges_on_the_log_snr_spacing(schedule):
 
 
 def test_get_sampler_lists_valid_names():
-    with pytest.raises(ConfigError, match="ddpm, ddim, dpmpp2m"):
-        get_sampler("euler")
+    with pytest.raises(ConfigError, match="ddpm, ddim, dpmpp2m, euler, heun, edm, euler_a, dpmpp2m_sigma"):
+        get_sampler("plms")
 
 
 def test_callback_and_progress(capsys):

@@ -13,6 +13,7 @@ from adm.errors import ConfigError
 from adm.hub.presets import DEMO_SAMPLING
 from adm.runtime import autocast, parse_device, parse_dtype
 from adm.sampling import SAMPLERS, get_sampler
+from adm.sampling.registry import names as sampler_names
 
 MODEL = "ADM_demo_fashion_mnist"
 CLASSIFIER = "ADM_classifier_demo_fashion_mnist"
@@ -22,6 +23,7 @@ EPILOG = """examples:
   adm demo --out /tmp/demo --scales 0,2,8    # other guidance scales
   adm demo --seed 7 --steps 50               # other noise, more DDIM steps
   adm demo --sampler dpmpp2m --steps 8       # DPM-Solver++: 8 model calls, FID 43 against DDIM-25's 48
+  adm demo --sampler heun --steps 15         # EDM's Heun: 8 steps, 15 model calls (docs/samplers.md)
   adm demo --model runs/fmnist --classifier runs/fmnist-classifier   # your own models
 """
 
@@ -37,10 +39,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="adm-demo", help="output directory (default ./adm-demo)")
     p.add_argument("--scales", default="0,1,2,4", help="classifier guidance scales, one column each (default 0,1,2,4)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help=f"default: the demo preset's ({DEMO_SAMPLING['sampler']})")
+                   help=f"default: the demo preset's ({DEMO_SAMPLING['sampler']}); the sigma-frame ones "
+                   f"({', '.join(sampler_names('sigma'))}) are EDM's, see docs/samplers.md")
     p.add_argument("--steps", type=int, default=None,
                    help=f"model calls (default: the preset's {DEMO_SAMPLING['steps']} for its sampler, else the "
-                   "sampler's default)")
+                   "sampler's: " + ", ".join(f"{s.default_steps} {s.name}" for s in SAMPLERS.values()) + ")")
     p.add_argument("--seed", type=int, default=0, help="row c uses seed S+c at every scale (default 0)")
     p.add_argument("--model", metavar="SRC", default=MODEL, help=f"diffusion model (default: the shipped {MODEL})")
     p.add_argument("--classifier", metavar="SRC", default=CLASSIFIER,
@@ -86,6 +89,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.steps = DEMO_SAMPLING["steps"] if args.sampler == preset_sampler else get_sampler(args.sampler).default_steps
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
+    chosen = get_sampler(args.sampler)
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
     out = writable_dir(args.out)
     start = time.perf_counter()
@@ -98,6 +102,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"the classifier has {k} classes but the model {cfg.num_classes}")
     if (clf.model.config.image_size, clf.model.config.in_channels) != (cfg.image_size, cfg.in_channels):
         raise ConfigError("the classifier and the model take images of different sizes")
+    calls = chosen.model_calls(cfg.diffusion.steps, chosen.respacing(args.steps, cfg.diffusion.steps))
 
     # Image (c, j): class c at scales[j], seed S+c, so each row shows one noise at every scale.
     labels = torch.arange(k).repeat_interleave(len(scales))
@@ -122,7 +127,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, desc=f"demo: {len(seeds)} images", unit="call")
+        bar = tqdm(total=calls, desc=f"demo: {len(seeds)} images", unit="call")
     with autocast(device, dtype):
         x = generate(model, cfg.diffusion, (len(seeds), cfg.in_channels, cfg.image_size, cfg.image_size),
                      sampler=args.sampler, steps=args.steps, seed=seeds,
@@ -144,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
         slug = re.sub(r"[^a-z0-9]+", "-", names[c].lower()).strip("-")
         save_png(img_dir / f"class{c}_{slug}_scale{scales[j]:g}.png", image)
     print(f"{len(images)} images ({k} classes x scales {', '.join(f'{s:g}' for s in scales)}; "
-          f"{args.sampler}, {args.steps} model calls) "
+          f"{args.sampler}, {calls} model calls) "
           f"in {time.perf_counter() - start:.1f}s")
     print(f"grid:   {grid}")
     print(f"images: {img_dir}/")

@@ -3,6 +3,7 @@ classifier-free, optionally upsampled by ADM-U (the paper's cascade); PNGs, a gr
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 import torch
@@ -26,11 +27,15 @@ from adm.cli.common import (
 )
 from adm.runtime import autocast, parse_device, parse_dtype
 from adm.sampling import SAMPLERS
+from adm.sampling.registry import names as sampler_names
 from adm.data.images import save_png
 from adm.errors import ConfigError
 
 # The upsampler of a cascade draws its noise from seed + this, a stream apart from the base image's.
 UPSAMPLE_SEED_OFFSET = 1 << 32
+# Autoguidance's weight w when --guide-model comes without --scale: adm's choice (w = 1 would be no
+# guidance); no sweep of w has been run here.
+DEFAULT_GUIDE_SCALE = 2.0
 
 EPILOG = """examples:
   # the paper's ADM-G at 256x256: 250 DDPM steps, classifier scale 1.0 (downloads both checkpoints)
@@ -46,6 +51,13 @@ EPILOG = """examples:
 
   # classifier-free guidance (a model trained with label dropout)
   adm sample --model runs/fmnist --cfg-scale 3 --num 64 --sampler ddim --steps 50
+
+  # EDM's Heun sampler (35 model calls = 18 steps), classifier guidance only at sigma in [0.3, 5]
+  adm sample --preset ADM_diffusion_64_conditioned --pretrained --classifier ADM_classifier_64 --scale 1.0 \\
+      --sampler heun --steps 35 --guidance-interval 0.3,5 --num 16
+
+  # autoguidance by a weaker model of the same family (weight w = --scale), EDM's stochastic sampler
+  adm sample --model runs/fmnist --guide-model runs/fmnist-small --scale 2 --sampler edm --steps 63 --churn 10
 
   # the cascade ADM-G 128 + ADM-U 128->512 in one call
   adm sample --preset ADM_diffusion_128_conditioned --pretrained --classifier ADM_classifier_128 --scale 0.5 \\
@@ -82,12 +94,21 @@ def register(subparsers) -> None:
                    "(the preset's recommended one)")
     g.add_argument("--classifier-flags", metavar="STR", help="guided-diffusion CLASSIFIER_FLAGS of a classifier .pt "
                    "(image_size defaults to the model's)")
-    g.add_argument("--scale", type=float, help="classifier guidance scale (default: the preset's, else 1.0)")
+    g.add_argument("--scale", type=float, help="classifier guidance scale (default: the preset's, else 1.0); with "
+                   f"--guide-model the autoguidance weight w (default {DEFAULT_GUIDE_SCALE:g})")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale w (1: plain conditional)")
+    g.add_argument("--guide-model", metavar="SRC", help="autoguidance (Karras et al. 2024): a weaker ADM of the "
+                   "same family (same image size, classes and diffusion; loaded as --model); D_bad + w (D - D_bad)")
+    g.add_argument("--guidance-interval", metavar="LO,HI", help="guide only at noise levels sigma = "
+                   "sqrt((1 - abar) / abar) in [LO, HI] ('0.3,5'; HI may be 'inf'), for every guidance and sampler")
     g = p.add_argument_group("sampling")
-    g.add_argument("--sampler", choices=list(SAMPLERS), help="default: the preset's, else ddpm")
-    g.add_argument("--steps", help="steps (int; for dpmpp2m: model calls), a respacing ('250', 'ddim25', "
-                   "'10,15,20', 'logsnr11') or 'all' (default: the preset's, else 250 ddpm, 25 ddim, 20 dpmpp2m)")
+    g.add_argument("--sampler", choices=list(SAMPLERS), help="default: the preset's, else ddpm; "
+                   + "; ".join(f"{s.name}: {s.description}" for s in SAMPLERS.values()))
+    g.add_argument("--steps", help="model calls (int, every sampler), a respacing ('250', 'ddim25', '10,15,20', "
+                   "'logsnr11'), 'karrasK' (K Karras noise levels, sigma-frame samplers) or 'all' (default: the "
+                   "preset's, else " + ", ".join(f"{s.default_steps} {s.name}" for s in SAMPLERS.values()) + ")")
+    g.add_argument("--churn", type=float, help=f"EDM's S_churn for {', '.join(sampler_names(churn=True))} "
+                   "(default: 0; edm: 40 per 256 steps, EDM's ImageNet-64 setting)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     g.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1] "
                    "(guided-diffusion's --clip_denoised False)")
@@ -101,7 +122,8 @@ def register(subparsers) -> None:
                    help="ADM-U upsampler (preset, directory or .pt) applied to every image")
     g.add_argument("--upsample-flags", metavar="STR", help="guided-diffusion SR flags of an upsampler .pt")
     g.add_argument("--upsample-sampler", choices=list(SAMPLERS), help="default: ddpm")
-    g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else 250 / 25 / 20)")
+    g.add_argument("--upsample-steps", help="upsampler steps (default: the preset's, else the sampler's: "
+                   + ", ".join(f"{s.default_steps} {s.name}" for s in SAMPLERS.values()) + ")")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="samples", help="output directory (default ./samples)")
     g.add_argument("--grid", type=int, default=64, help="images in grid.png (default 64, 0: no grid)")
@@ -182,6 +204,40 @@ def load_classifier(args: argparse.Namespace, base, flags: dict, device):
     return clf
 
 
+def load_guide(args: argparse.Namespace, base, classifier, device):
+    """Autoguidance's weaker model of --guide-model (loaded as --model is), checked against the model."""
+    if not args.guide_model:
+        return None
+    if classifier is not None:
+        raise ConfigError("--guide-model (autoguidance) and --classifier (classifier guidance) do not combine: "
+                          "choose one")
+    if args.cfg_scale is not None:
+        raise ConfigError("--guide-model (autoguidance, weight --scale) and --cfg-scale do not combine: choose one")
+    from adm.guided import check_guide_model
+
+    guide = load_model(args.guide_model, ("ADM",), what="--guide-model", device=device)
+    check_guide_model(base.model, guide.model, "--guide-model")
+    return guide
+
+
+def parse_interval(text: str | None) -> tuple[float, float] | None:
+    """'0.3,5' -> (0.3, 5.0); HI may be 'inf'. None when not given."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--guidance-interval {text!r}: expected two noise levels LO,HI such as 0.3,5") from None
+    if math.isnan(lo) or math.isnan(hi) or lo < 0:
+        raise ConfigError(f"--guidance-interval {text!r}: the noise levels must be numbers >= 0")
+    if lo > hi:
+        raise ConfigError(f"--guidance-interval {text!r}: LO ({lo:g}) is above HI ({hi:g})")
+    return lo, hi
+
+
 def load_upsampler(args: argparse.Namespace, base, flags: dict, device):
     """The ADM-U of --upsample, checked against the base model's image size."""
     if not args.upsample:
@@ -221,10 +277,16 @@ def model_calls(sampler: str, diffusion_steps: int, respacing: str) -> int:
     return get_sampler(sampler).model_calls(diffusion_steps, respacing)
 
 
-def guidance_scale(args: argparse.Namespace, base, classifier) -> float:
-    """The scale ADM_G applies: classifier guidance's s, or classifier-free w (1.0: none)."""
+def guidance_scale(args: argparse.Namespace, base, classifier, guide=None) -> float:
+    """The scale ADM_G applies: classifier guidance's s, autoguidance's w, or classifier-free w (1.0: none)."""
+    if guide is not None:
+        scale = DEFAULT_GUIDE_SCALE if args.scale is None else args.scale
+        if not scale >= 0:
+            raise ConfigError(f"--scale (the autoguidance weight) must be >= 0, got {scale:g}")
+        return scale
     if args.scale is not None and classifier is None:
-        raise ConfigError("--scale is the classifier guidance scale: add --classifier (or use --cfg-scale)")
+        raise ConfigError("--scale is the classifier guidance scale: add --classifier (or use --cfg-scale, "
+                          "or --guide-model for autoguidance)")
     if args.cfg_scale is not None:
         if classifier is not None:
             raise ConfigError("--cfg-scale is classifier-free guidance: drop --classifier (or use --scale)")
@@ -245,20 +307,37 @@ def guidance_scale(args: argparse.Namespace, base, classifier) -> float:
 
 
 def sampling_plan(args, base, classifier, up, scale: float,
-                  labels: list[int] | None) -> dict:
-    """The settings of this run (recorded in samples.json), plus the step counts for the progress bar."""
+                  labels: list[int] | None, guide=None) -> dict:
+    """The settings of this run (recorded in samples.json), plus the step counts for the progress bar.
+    The churn (sigma-frame samplers with one), --guidance-interval and --guide-model are recorded when
+    they apply, so that the settings of runs without them read as before."""
     sampler, respacing = sampler_and_steps(args.sampler, args.steps, base, base.model.config.diffusion.steps)
     from adm.sampling import get_sampler
 
-    if args.eta and not get_sampler(sampler).takes_eta:
-        raise ConfigError("--eta applies to --sampler ddim")
+    chosen = get_sampler(sampler)
+    if args.eta and not chosen.takes_eta:
+        raise ConfigError(f"--eta applies to --sampler {' / '.join(n for n, s in SAMPLERS.items() if s.takes_eta)}")
+    if args.churn is not None and chosen.churn is None:
+        raise ConfigError(f"--churn applies to --sampler {' / '.join(sampler_names(churn=True))}, not {sampler}")
+    if args.churn is not None and not 0 <= args.churn < float("inf"):
+        raise ConfigError(f"--churn must be a number >= 0, got {args.churn:g}")
+    interval = parse_interval(args.guidance_interval)
+    if interval is not None and classifier is None and guide is None and args.cfg_scale is None:
+        raise ConfigError("--guidance-interval limits a guidance: add --classifier, --cfg-scale or --guide-model")
     plan = {
         "model": base.source, "classifier": classifier.source if classifier else None,
-        "scale": scale if classifier else None, "cfg_scale": args.cfg_scale,
+        "scale": scale if classifier or guide else None, "cfg_scale": args.cfg_scale,
         "sampler": sampler, "steps": respacing, "eta": args.eta, "clip": not args.no_clip, "dtype": args.dtype,
         "upsample": up.source if up else None,
         "base_steps": model_calls(sampler, base.model.config.diffusion.steps, respacing),
     }
+    settings = chosen.churn_settings(base.model.config.diffusion.steps, respacing, args.churn)
+    if settings is not None:
+        plan["churn"] = settings["s_churn"]
+    if interval is not None:  # JSON has no infinity: an open end is null
+        plan["guidance_interval"] = [v if v != float("inf") else None for v in interval]
+    if guide is not None:
+        plan["guide_model"] = guide.source
     if up is not None:
         if up.model.config.num_classes and labels is None:
             raise ConfigError("the upsampler is class-conditional but the base samples have no labels")
@@ -281,6 +360,7 @@ def batch_maker(args, guided, up, plan: dict, out, device, dtype, progress: Prog
         y = torch.tensor(ys) if ys is not None else None
         with autocast(device, dtype):
             x = guided.sample(y, n=len(keys), steps=plan["steps"], sampler=plan["sampler"], seed=keys, eta=args.eta,
+                              churn=args.churn, guidance_interval=parse_interval(args.guidance_interval),
                               clip_denoised=not args.no_clip, device=device,
                               callback=progress.callback(len(keys), plan["base_steps"], share))
         images = to_uint8(x)
@@ -314,11 +394,13 @@ def run_sample(args: argparse.Namespace) -> int:
         device = ctx.device
         base = load_base(args, model_flags, device)
         classifier = load_classifier(args, base, clf_flags, device)
+        guide = load_guide(args, base, classifier, device)
         up = load_upsampler(args, base, up_flags, device)
-        scale = guidance_scale(args, base, classifier)
-        guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale, compile=args.compile)
+        scale = guidance_scale(args, base, classifier, guide)
+        guided = ADM_G(base.model, classifier.model if classifier else None, scale=scale, compile=args.compile,
+                       guide_model=guide.model if guide else None)
         labels = parse_labels(args.labels, seeds, guided.num_classes, "the classifier" if classifier else "the model")
-        plan = sampling_plan(args, base, classifier, up, scale, labels)
+        plan = sampling_plan(args, base, classifier, up, scale, labels, guide)
         label_of = dict(zip(seeds, labels if labels is not None else [None] * len(seeds)))
 
         out = writable_dir(args.out)

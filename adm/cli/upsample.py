@@ -66,7 +66,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="image k draws its noise from seed S+k+2**32, the stream "
                    "`adm sample --upsample` uses (default 0)")
     p.add_argument("--sampler", choices=list(SAMPLERS), help="default: ddpm")
-    p.add_argument("--steps", help="steps, respacing or 'all' (default: the preset's, else 250 ddpm / 25 ddim / 20 dpmpp2m)")
+    p.add_argument("--steps", help="model calls, respacing or 'all' (default: the preset's, else the sampler's: "
+                   + ", ".join(f"{s.default_steps} {s.name}" for s in SAMPLERS.values()) + ")")
     p.add_argument("--batch-size", type=int, help="images per model call (default 8)")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1]")
     p.add_argument("--out", default="upsampled", help="output directory (default ./upsampled)")

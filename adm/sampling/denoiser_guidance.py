@@ -15,9 +15,8 @@ import torch
 
 from adm.errors import ConfigError
 from adm.sampling.denoisers import Denoiser, batch_sigma, expand_like
+from adm.sampling.guidance import Interval, check_interval
 from adm.sampling.model import CondFn
-
-Interval = tuple[float, float]  # (sigma_lo, sigma_hi), closed; None: every sigma
 
 
 def _check_weight(scale: float) -> float:
@@ -27,13 +26,7 @@ def _check_weight(scale: float) -> float:
     return scale
 
 
-def _check_interval(interval: Interval | None) -> Interval | None:
-    if interval is None:
-        return None
-    lo, hi = (float(v) for v in interval)
-    if not 0 <= lo <= hi:
-        raise ConfigError(f"a guidance interval needs 0 <= sigma_lo <= sigma_hi, got ({lo}, {hi})")
-    return lo, hi
+_check_interval = check_interval  # one rule for intervals, the discrete samplers' too
 
 
 def in_interval(sigma: torch.Tensor, interval: Interval | None) -> torch.Tensor:
@@ -82,7 +75,10 @@ class ClassifierGuided(_Wrapper):
             return denoised
         s = expand_like(sigma, x)
         root = (1 + s ** 2).sqrt()
-        grad = self.cond_fn(x / root, self._timesteps(sigma), **model_kwargs).to(x.dtype)
+        grad = self.cond_fn(x / root, self._timesteps(sigma), **model_kwargs)
+        if grad is None:  # a cond_fn limited to a guidance interval (adm.sampling.guidance), outside it
+            return denoised
+        grad = grad.to(x.dtype)
         return torch.where(expand_like(on, x), denoised + s ** 2 / root * grad, denoised)
 
 

@@ -9,6 +9,7 @@ from adm.diffusion.process import Diffusion
 
 ModelFn = Callable[..., torch.Tensor]   # model(x, t, **model_kwargs) -> output; t the original timesteps
 CondFn = Callable[..., torch.Tensor]    # cond_fn(x, t, **model_kwargs) -> grad of log p(y | x_t), like x
+                                        # (or None: no guidance at this step, see guidance.limit_to_interval)
 Callback = Callable[[dict[str, Any]], None]
 
 
