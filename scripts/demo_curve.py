@@ -71,20 +71,25 @@ def cmd_evaluate(args) -> None:
     for step, path in list_checkpoints(Path(args.run)):
         if (wanted is not None and step not in wanted) or str(step) in results["points"]:
             continue
-        model = load(path, ("ADM",)).model.eval()
-        t0 = time.time()
-        images, labels = sample(model, classifier, DEMO_SAMPLING, args.num, args.batch_size, args.dtype)
-        seconds = time.time() - t0
-        if args.samples:
-            Path(args.samples).mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(Path(args.samples) / f"step_{step:08d}.npz", images=images, labels=labels)
+        kept = Path(args.samples) / f"step_{step:08d}.npz" if args.samples else None
+        if kept is not None and kept.is_file() and len(np.load(kept)["images"]) == args.num:
+            data = np.load(kept)  # sampled by an earlier (interrupted) evaluation: measured as they are
+            images, labels, seconds = data["images"], data["labels"], None
+        else:
+            model = load(path, ("ADM",)).model.eval()
+            t0 = time.time()
+            images, labels = sample(model, classifier, DEMO_SAMPLING, args.num, args.batch_size, args.dtype)
+            seconds = round(time.time() - t0, 1)
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(kept, images=images, labels=labels)
         with torch.no_grad():
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
             acc = float((clean(x).argmax(-1).numpy() == labels).mean())
         r = ev.evaluate(ref, ev.from_array(images, f"step {step}"), device="cpu", batch_size=100, progress=False)
         row = {"step": step, "images_seen": step * run_cfg["batch_size"], "ema_rate": run_cfg["ema"][0],
                "num": len(images), "fid": r.fid, "sfid": r.sfid, "precision": r.precision, "recall": r.recall,
-               "clean_accuracy": acc, "sampling_seconds": round(seconds, 1), "dtype": args.dtype}
+               "clean_accuracy": acc, "sampling_seconds": seconds, "dtype": args.dtype}
         print(json.dumps(row), flush=True)
         results["points"][str(step)] = row
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -130,7 +135,8 @@ def main() -> None:
     e.add_argument("--num", type=int, default=2000)
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--dtype", default="bf16", help="fp32, or bf16 autocast (what the CPU measurements used)")
-    e.add_argument("--samples", help="also keep the samples here (one .npz per step)")
+    e.add_argument("--samples", help="keep the samples here (one .npz per step); samples found there are "
+                   "measured instead of drawn again")
     r = sub.add_parser("report")
     r.add_argument("json")
     r.add_argument("--plot")

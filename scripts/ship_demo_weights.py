@@ -1,36 +1,63 @@
-"""Copy the EMA weights of the demo training runs into the package, in float16.
+"""Copy trained demo weights into the package, in float16.
 
-    python3 scripts/ship_demo_weights.py RUN_DIR CLASSIFIER_RUN_DIR
+    python3 scripts/ship_demo_weights.py --model RUN_DIR_OR_CHECKPOINT [--classifier RUN_DIR_OR_CHECKPOINT]
 
-Reads RUN_DIR/model and CLASSIFIER_RUN_DIR/model (save_pretrained directories written by
-`adm train` / `adm train-classifier`) and writes adm/weights/{demo_fashion_mnist,classifier_demo_fashion_mnist}/.
+Each source is anything adm.hub.load takes: a run directory (its exported EMA weights, RUN_DIR/model), a
+training checkpoint (RUN_DIR/checkpoints/step_*.pt: its first EMA rate) or a saved model directory. The
+config must equal the preset's; the step, images seen and EMA rate go into config.json's "extra". The
+weights land in adm/weights/{demo_fashion_mnist,classifier_demo_fashion_mnist}/.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from adm.hub import presets
-from adm.nn import ADM, ADM_classifier
+from adm.hub import load, presets
+from adm.train.state import load_checkpoint
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "adm" / "weights"
 
 
-def ship(run_dir: Path, cls, preset: str) -> None:
-    src = run_dir / "model"
-    model = cls.from_pretrained(src)
+def _training(source: Path) -> dict:
+    """What the run says about these weights: data, batch, EMA rate, step, images seen ({} for a bare
+    model directory)."""
+    if source.is_file() and source.suffix == ".pt":
+        state = load_checkpoint(source)
+        cfg, step = json.loads(state["config"]), int(state["step"])
+    elif (source / "model" / "config.json").is_file():  # a run directory
+        cfg = json.loads((source / "config.json").read_text())
+        step = int(json.loads((source / "model" / "config.json").read_text())["extra"]["step"])
+    else:
+        return {}
+    out = {"trainer": cfg["trainer"], "data": cfg["data"], "step": step, "batch_size": cfg["batch_size"],
+           "images_seen": step * cfg["batch_size"], "ema_rate": (cfg.get("ema") or [None])[0]}
+    if cfg["trainer"] == "diffusion":
+        out["label_dropout"] = cfg.get("label_dropout", 0.0)
+    return out
+
+
+def ship(source: str, kind: str, preset: str) -> None:
+    loaded = load(source, (kind,))
     expected = presets.get(preset).config
-    if model.config != expected:
-        raise SystemExit(f"{src}: config differs from the preset {preset}")
-    extra = json.loads((src / "config.json").read_text()).get("extra", {})
+    if loaded.model.config != expected:
+        raise SystemExit(f"{source}: config differs from the preset {preset}")
+    extra = {"preset": preset, **_training(Path(source)),
+             "class_names": loaded.class_names or list(json.loads(
+                 (WEIGHTS / presets.get(preset).shipped / "config.json").read_text())["extra"].get("class_names", []))}
     out = WEIGHTS / presets.get(preset).shipped
-    model.save_pretrained(out, dtype=torch.float16, extra={"preset": preset, **extra})
-    print(f"{preset}: {model.num_parameters():,} parameters, {extra} -> {out}")
+    loaded.model.save_pretrained(out, dtype=torch.float16, extra=extra)
+    print(f"{preset}: {loaded.model.num_parameters():,} parameters, {extra} -> {out}")
 
 
 if __name__ == "__main__":
-    ship(Path(sys.argv[1]), ADM, "ADM_demo_fashion_mnist")
-    ship(Path(sys.argv[2]), ADM_classifier, "ADM_classifier_demo_fashion_mnist")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="the diffusion model's run directory, checkpoint or model directory")
+    p.add_argument("--classifier", help="the noisy classifier's (default: keep the shipped one)")
+    args = p.parse_args()
+    if args.model:
+        ship(args.model, "ADM", "ADM_demo_fashion_mnist")
+    if args.classifier:
+        ship(args.classifier, "ADM_classifier", "ADM_classifier_demo_fashion_mnist")

@@ -250,8 +250,10 @@ def test_sigma_samplers_through_adm_g(nets, sampler):
     parts = g.sample(n=3, steps=5, sampler=sampler, seed=40, batch_size=2)
     tail = g.sample(n=1, steps=5, sampler=sampler, seed=[42])
     # Equal but for float32 rounding of the batch-size-dependent kernels, which D = x - sigma eps multiplies by
-    # sigma (up to 80 here): ~1e-4. Other seeds differ by O(1).
-    assert torch.allclose(whole, parts, atol=2e-3) and torch.allclose(whole[2:], tail, atol=2e-3)
+    # sigma (up to 80 here): ~1e-4, at most a few 1e-3 where a pixel sits at a clamp edge; the bound is one
+    # 8-bit level (the images written to disk are the same). Other seeds differ by O(1).
+    level = 1 / 127.5
+    assert torch.allclose(whole, parts, atol=level) and torch.allclose(whole[2:], tail, atol=level)
     assert (whole[0] - whole[1]).abs().max() > 0.5
 
 

@@ -317,3 +317,14 @@ def test_typo_in_process_and_without_a_close_match(capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "usage: adm make-ref" in err
     assert err.strip().splitlines()[-1] == "adm make-ref: error: unrecognized arguments: --zzzzzz"
+
+
+# -- --set in_channels on an image folder: the data follow on the first run ----------------------------
+def test_set_in_channels_converts_the_data_on_the_first_run(tmp_path):
+    grey_pngs(tmp_path / "rgb", 4, mode="RGB")
+    args = ["train", "--data", "rgb", "--out", "run", "--max-steps", 1, "--image-size", 8, "--num-channels", 32,
+            "--set", "attention_resolutions=4", "--set", "channel_mult=1,2", "--batch-size", 2, "--no-progress",
+            "--set", "in_channels=1"]
+    r = adm(*args, cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["in_channels"] == 1

@@ -142,9 +142,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progress: bool,
            data: TensorData | None) -> Path:
-    run = _Run(cfg, run_dir, ctx, force, progress, data)
-    with _Interrupt() as interrupt:
-        run.loop(interrupt)
+    with _Interrupt() as interrupt:  # from the start: a signal during set-up stops after the first step
+        _Run(cfg, run_dir, ctx, force, progress, data).loop(interrupt)
     return run_dir
 
 
