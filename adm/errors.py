@@ -15,3 +15,14 @@ class CheckpointError(AdmError):
 
 class DataError(AdmError):
     """A data set that is missing, empty or unreadable."""
+
+
+def lookup(table: dict, name: str, what: str, see: str):
+    """table[name]; an unknown name raises ConfigError naming the closest one and where to look."""
+    if name in table:
+        return table[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.4)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown {what} {name!r}{hint} ({see})")

@@ -65,7 +65,7 @@ def download(
     local = _local_path(url)
     if local is not None:
         return _check_local(local, expected)
-    dest = Path(cache if cache is not None else cache_dir()).expanduser() / (filename or _url_filename(url))
+    dest = Path(cache if cache is not None else cache_dir()).expanduser() / (filename or url_filename(url))
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(dest.with_name(dest.name + ".lock")):  # one process downloads, the others wait for it
@@ -213,7 +213,7 @@ def _check_local(path: Path, expected: str | None) -> Path:
     return path
 
 
-def _url_filename(url: str) -> str:
+def url_filename(url: str) -> str:
     """The last path segment of a URL, which names the file in the cache."""
     name = urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
     if not name:

@@ -6,12 +6,11 @@ guided-diffusion's README flags give (tests/test_presets.py checks each one thro
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from adm.diffusion.config import DiffusionConfig
-from adm.errors import ConfigError
+from adm.errors import lookup
 from adm.nn.config import ADMConfig, ADMUConfig, ClassifierConfig
 
 RELEASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
@@ -126,11 +125,7 @@ def names() -> list[str]:
 
 def get(name: str) -> Preset:
     """The preset of this name; an unknown name raises ConfigError with the closest suggestion."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown preset {name!r}{hint} (see `adm info --presets`)")
-    return PRESETS[name]
+    return lookup(PRESETS, name, "preset", "see `adm info --presets`")
 
 
 def shipped_weights(name: str):

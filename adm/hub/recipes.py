@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adm.errors import ConfigError
+from adm.errors import ConfigError, lookup
 from adm.hub import presets
-from adm.hub.download import cache_dir, download
+from adm.hub.download import cache_dir, download, url_filename
 
 # OpenAI's evaluation batches (guided-diffusion, evaluations/README.md): EVAL_URL + <folder>/<file>.
 EVAL_URL = presets.RELEASE_URL + "ref_batches/"
@@ -190,11 +190,7 @@ def names() -> list[str]:
 
 def get(name: str) -> Recipe:
     """The recipe of this row; an unknown name raises ConfigError naming the closest row."""
-    if name not in RECIPES:
-        close = difflib.get_close_matches(name, list(RECIPES), n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown row {name!r}{hint} (rows: {', '.join(RECIPES)}; see `adm reproduce --list`)")
-    return RECIPES[name]
+    return lookup(RECIPES, name, "row", f"rows: {', '.join(RECIPES)}; see `adm reproduce --list`")
 
 
 # -- files -------------------------------------------------------------------------------------------
@@ -306,18 +302,8 @@ def resolve_inception(text: str | None, progress: bool = True) -> str | None:
     if text.lower() == INCEPTION_NAMES[0] or (text == INCEPTION_NAMES[1] and not os.path.exists(text)):
         return str(inception_file().fetch(progress))
     if text.startswith(("http://", "https://")):
-        return str(download(text, _url_name(text), progress=progress))
+        return str(download(text, url_filename(text), progress=progress))
     return text
-
-
-def _url_name(url: str) -> str:
-    """The file name a URL is cached under (its last path segment)."""
-    import urllib.parse
-
-    name = urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
-    if not name:
-        raise ConfigError(f"cannot tell a file name from {url}")
-    return name
 
 
 def files(recipe: Recipe, *, published: bool = False, inception: str | None = None) -> list[RemoteFile]:
@@ -333,7 +319,7 @@ def files(recipe: Recipe, *, published: bool = False, inception: str | None = No
                                   or (inception == INCEPTION_NAMES[1] and not os.path.exists(inception))):
         out.append(inception_file())
     elif inception is not None and inception.startswith(("http://", "https://")):
-        out.append(RemoteFile("inception", _url_name(inception), inception))
+        out.append(RemoteFile("inception", url_filename(inception), inception))
     return out
 
 
