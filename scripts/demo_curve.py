@@ -42,8 +42,7 @@ def sample(model, classifier, settings: dict, num: int, batch_size: int, dtype: 
     """uint8 NHWC samples of seeds 0..num-1 (label = seed mod 10) and their labels."""
     from adm.runtime import autocast
 
-    cfg_guidance = settings.get("guidance") == "classifier-free"
-    guided = adm.ADM_G(model, None if cfg_guidance else classifier, scale=settings["classifier_scale"])
+    guided = adm.ADM_G(model, classifier, scale=settings["classifier_scale"])
     seeds = list(range(num))
     labels = torch.tensor([s % 10 for s in seeds])
     chunks = []

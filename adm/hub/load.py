@@ -214,8 +214,7 @@ def _from_file(path: Path, kinds: tuple[str, ...], config, what: str) -> Loaded:
         cfg = presets.PRESETS[preset].config
     model = build(cfg)
     load_weights(model, sd, str(path))
-    names = []
-    return Loaded(model, str(path), preset, names, step)
+    return Loaded(model, str(path), preset, step=step)
 
 
 def _looks_like_name(text: str) -> bool:
