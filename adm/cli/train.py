@@ -62,6 +62,9 @@ def _add_arguments(p: argparse.ArgumentParser, trainer: str) -> None:
     m = p.add_argument_group("model (default: the Fashion-MNIST demo preset, adapted to the data's channels and classes)")
     m.add_argument("--preset", help="a preset name, e.g. ADM_diffusion_64_conditioned")
     m.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable: --set model_channels=64 --set channel_mult=1,2 --set noise_schedule=cosine")
+    m.add_argument("--init-from", metavar="WEIGHTS",
+                   help="start a new run from these weights (a preset, a model or run directory, a weights file): "
+                        "the model and its EMA copies, with a fresh optimiser; its config is the run's unless --preset is given")
     m.add_argument("--image-size", type=int, help="image size (the data are resized to it)")
     m.add_argument("--num-channels", type=int, help="base width (model_channels)")
     if trainer == "upsampler":
@@ -116,7 +119,8 @@ def parse_ema(text: str) -> tuple[float, ...]:
 
 
 def build_config(args: argparse.Namespace):
-    """(TrainConfig, TensorData): saved settings (on resume) or defaults, then the flags given."""
+    """(TrainConfig, TensorData, init state_dict or None): saved settings (on resume) or defaults,
+    then the flags given."""
     from adm.train.config import TrainConfig, read_run_config
     from adm.train.data import load_tensor_data
 
@@ -136,9 +140,43 @@ def build_config(args: argparse.Namespace):
     elif saved is None:
         raise ConfigError("--data is required for a new run (fashion-mnist, an image folder or an .npz file)")
 
-    model_cfg, data = _model_and_data(args, trainer, saved, train_kw["data"], load_tensor_data)
+    init = None
+    if getattr(args, "init_from", None) and saved is None:  # a resumed run continues from its checkpoint
+        init = _init_weights(args.init_from, trainer)
+        train_kw["init_from"] = args.init_from
+    model_cfg, data = _model_and_data(args, trainer, saved, train_kw["data"], load_tensor_data,
+                                      None if init is None else init.config)
+    init_sd = None if init is None else init.state_dict()
+    if init is not None:
+        _check_init_fits(args.init_from, init_sd, model_cfg)
     train_kw["model"] = config_to_dict(model_cfg)
-    return TrainConfig.from_dict(train_kw), data
+    return TrainConfig.from_dict(train_kw), data, init_sd
+
+
+def _init_weights(source: str, trainer: str):
+    """The network --init-from names (any source adm.hub.load reads), checked for the trainer's kind."""
+    from adm.hub import load
+    from adm.train.config import MODEL_KIND
+
+    return load(source, (MODEL_KIND[trainer],), what="--init-from").model
+
+
+def _check_init_fits(source: str, init_sd: dict, model_cfg) -> None:
+    """ConfigError, before anything is written, when the run's network has other weights (names or
+    shapes) than the ones --init-from gives."""
+    import torch
+
+    from adm.nn import network_class
+
+    with torch.device("meta"):  # shapes only, no memory
+        want = {k: tuple(v.shape) for k, v in network_class(model_cfg.kind)(model_cfg).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in init_sd.items()}
+    diffs = [f"{k}: missing" for k in want if k not in have] + [f"{k}: unexpected" for k in have if k not in want]
+    diffs += [f"{k}: {have[k]} (weights) vs {want[k]} (run)" for k in want if k in have and have[k] != want[k]]
+    if diffs:
+        raise ConfigError(f"--init-from {source}: the weights do not fit this run's network ({len(diffs)} "
+                          f"tensors differ, e.g. " + "; ".join(diffs[:2]) + "); drop --preset / --set to "
+                          "train the weights' own config")
 
 
 def _canonical_data(text: str) -> str:
@@ -147,8 +185,9 @@ def _canonical_data(text: str) -> str:
     return str(Path(text).expanduser().resolve())
 
 
-def _model_and_data(args, trainer: str, saved, source: str, load):
-    """The model config (preset / saved / default adapted to the data, then overrides) and the data."""
+def _model_and_data(args, trainer: str, saved, source: str, load, init_cfg=None):
+    """The model config (preset / saved / --init-from's / default adapted to the data, then overrides)
+    and the data."""
     from adm.hub import presets
     from adm.train.config import MODEL_KIND, apply_overrides, parse_set
 
@@ -165,6 +204,8 @@ def _model_and_data(args, trainer: str, saved, source: str, load):
         base = preset.config
     elif saved is not None:
         base = config_from_dict(saved.model)
+    elif init_cfg is not None:
+        base = init_cfg
     else:
         base = presets.get(DEFAULT_PRESET[trainer]).config
         if kind == "ADM_U":
@@ -199,12 +240,12 @@ def run(args: argparse.Namespace) -> int:
         from adm.train.distributed import launch
 
         return launch(args.nproc, _argv_without_nproc(args))
-    cfg, data = build_config(args)
+    cfg, data, init = build_config(args)
     from adm.train.loop import TrainingInterrupted
 
     device = parse_device(args.device)
     try:
-        train(cfg, args.out, device=device, force=args.force, progress=not args.no_progress, data=data)
+        train(cfg, args.out, device=device, force=args.force, progress=not args.no_progress, data=data, init=init)
     except TrainingInterrupted as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"adm {COMMANDS[args.trainer]}: {e}", file=sys.stderr)

@@ -51,6 +51,7 @@ class TrainConfig:
     timestep_sampler: str = "uniform"      # uniform | loss-second-moment (importance sampling of t)
     max_nonfinite: int = 50                # abort after this many non-finite steps in a row
     seed: int = 0
+    init_from: str = ""                    # where a new run's starting weights came from ("": random init)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ema", tuple(float(r) for r in self.ema))

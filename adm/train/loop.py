@@ -24,7 +24,7 @@ from torch import nn
 from adm.diffusion.process import Diffusion
 from adm.errors import AdmError, CheckpointError, ConfigError, DataError
 from adm.nn import network_class
-from adm.runtime import atomic_write_bytes, autocast, compile_with_fallback
+from adm.runtime import atomic_write_bytes, autocast, compile_with_fallback, keep_cpu_memory
 from adm.train import state as ckpt
 from adm.train.config import TrainConfig, config_differences, read_run_config
 from adm.train.data import BatchOrder, TensorData, load_tensor_data
@@ -41,14 +41,19 @@ class TrainingDiverged(AdmError):
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, *, device: str | None = None, force: bool = False,
-          progress: bool = True, data: TensorData | None = None) -> Path:
+          progress: bool = True, data: TensorData | None = None,
+          init: dict[str, torch.Tensor] | None = None) -> Path:
     """Train (or resume) the run in run_dir until cfg.max_steps; returns run_dir.
 
     Under torchrun each process calls this; only rank 0 writes. `data` replaces loading cfg.data.
+    `init`: a state_dict a new run starts from (the model and every EMA copy; a fresh optimiser);
+    ignored when run_dir holds a checkpoint to resume.
     """
     ctx = setup(device)
+    if ctx.device.type == "cpu":
+        keep_cpu_memory()
     try:
-        return _train(cfg, Path(run_dir), ctx, force, progress, data)
+        return _train(cfg, Path(run_dir), ctx, force, progress, data, init)
     finally:
         teardown(ctx)
 
@@ -141,9 +146,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progress: bool,
-           data: TensorData | None) -> Path:
+           data: TensorData | None, init: dict[str, torch.Tensor] | None = None) -> Path:
     with _Interrupt() as interrupt:  # from the start: a signal during set-up stops after the first step
-        _Run(cfg, run_dir, ctx, force, progress, data).loop(interrupt)
+        _Run(cfg, run_dir, ctx, force, progress, data, init).loop(interrupt)
     return run_dir
 
 
@@ -152,7 +157,7 @@ class _Run:
     resume), then `loop`: steps, with metrics, checkpoints and sample grids at their intervals."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, ctx: DistContext, force: bool, progress: bool,
-                 data: TensorData | None):
+                 data: TensorData | None, init: dict[str, torch.Tensor] | None = None):
         self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
         device = self.device = ctx.device
         model_cfg = self.model_cfg = cfg.model_config()
@@ -207,7 +212,7 @@ class _Run:
         self.export = cls(model_cfg).to(device) if ctx.is_main else None
 
         # -- resume --------------------------------------------------------------------------------
-        self.step = self._resume()
+        self.step = self._resume(init)
         self.train_model: nn.Module = self.model
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -232,11 +237,14 @@ class _Run:
                             desc=f"train {cfg.trainer}", file=sys.stderr)
         self.params = list(self.model.parameters())
 
-    def _resume(self) -> int:
-        """Load the latest checkpoint, if any, and return its step (0 for a new run)."""
+    def _resume(self, init: dict[str, torch.Tensor] | None = None) -> int:
+        """Load the latest checkpoint, if any, and return its step (0 for a new run, which starts
+        from `init` when given)."""
         cfg, ctx = self.cfg, self.ctx
         state = ckpt.load_latest(self.run_dir)
         if state is None:
+            if init is not None:
+                self._start_from(init)
             torch.manual_seed(cfg.seed * 7919 + ctx.rank)  # dropout differs per process
             return 0
         step = int(state["step"])
@@ -261,6 +269,20 @@ class _Run:
             if step < cfg.max_steps:
                 _say(None, f"resuming {self.run_dir} from step {step} (its latest checkpoint)")
         return step
+
+    @torch.no_grad()
+    def _start_from(self, init: dict[str, torch.Tensor]) -> None:
+        """The model and every EMA average set to the weights `init` (a new run's fine-tuning start)."""
+        try:
+            self.model.load_state_dict(init)
+        except RuntimeError as e:  # missing / unexpected keys or other shapes: one line, nothing written
+            first = str(e).strip().splitlines()
+            detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+            raise ConfigError(f"--init-from {self.cfg.init_from or 'weights'}: they do not fit this run's "
+                              f"model ({detail}); give the same preset or --set overrides as the weights' config") from None
+        self.ema = EMA(self.model, self.cfg.ema)
+        if self.ctx.is_main:
+            _say(None, f"starting {self.run_dir} from the weights of {self.cfg.init_from or 'the given state_dict'}")
 
     # -- the loop ------------------------------------------------------------------------------------
     def loop(self, interrupt: _Interrupt) -> None:
