@@ -3,6 +3,7 @@
 - devices: `parse_device("auto" | "cpu" | "cuda" | "cuda:1" | "mps")`, for sampling and training alike;
 - precision: `DTYPES`, `parse_dtype`, `autocast(device, dtype)` (nothing for fp32);
 - `torch.compile` with an eager fallback (`CompiledWithFallback`, `compile_with_fallback`);
+- the CPU allocator: `keep_cpu_memory()` (glibc keeps freed activations for the next step);
 - atomic writes: `atomic_write(path, write)` and its two users' shapes, `atomic_write_bytes` and
   `atomic_torch_save`. A file written through them is whole or absent, never truncated.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -56,6 +58,40 @@ def parse_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 # -- precision ------------------------------------------------------------------------------------
+# -- the CPU memory allocator ---------------------------------------------------------------------
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit
+_allocator_tuned = False
+
+
+def keep_cpu_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of returning it to the system (once per process).
+
+    A training or sampling step on the CPU frees and allocates the same few-MB activations every step;
+    by default glibc hands blocks above its threshold back to the kernel, and each new one costs page
+    faults and zeroing: about 10% of a demo training step (BENCHMARKS.md). Raises the mmap threshold to
+    its maximum and the trim threshold out of reach; peak memory stays what it was, but freed memory
+    is kept. A no-op (False) off glibc or with ADM_KEEP_CPU_MEMORY=0.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if os.environ.get("ADM_KEEP_CPU_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1 and ok
+    ok = mallopt(_M_TOP_PAD, 64 * 1024 * 1024) == 1 and ok
+    _allocator_tuned = ok
+    return ok
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 

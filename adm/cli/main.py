@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from adm.runtime import keep_cpu_memory
+
+    keep_cpu_memory()  # CPU steps reuse their activations' memory (see adm.runtime)
     try:
         with plain_warnings(args.command):
             return int(args.func(args) or 0)

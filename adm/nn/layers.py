@@ -212,8 +212,26 @@ def token_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Te
         q, k, v = qkv.view(n, length, num_heads, 3, ch).unbind(3)  # each [N, L, H, C]
     else:
         q, k, v = qkv.view(n, length, 3, num_heads, ch).unbind(2)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [N, H, L, C]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [N, H, L, C]
+    if length <= SHORT_ATTENTION and q.device.type == "cpu" and q.dtype in _LOW and torch.is_grad_enabled() \
+            and q.requires_grad:
+        out = _explicit_attention(q, k, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).reshape(n, length, num_heads * ch)
+
+
+# CPU training in bf16 / fp16 at short sequences: the flash kernel's backward pass is 4-5x slower than
+# two matmuls and a softmax (64 tokens: 41 ms against 9 ms per block at batch 64, BENCHMARKS.md);
+# longer sequences keep the fused kernel, which wins there and never forms the L x L matrix.
+SHORT_ATTENTION = 128
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(C)) v with the L x L weights formed, the softmax in float32."""
+    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    return weights.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:
