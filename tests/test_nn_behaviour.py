@@ -237,3 +237,33 @@ def test_compat_factory_builds_on_the_meta_device():
     with torch.device("meta"):
         model, diffusion = create_model_and_diffusion(**{**model_and_diffusion_defaults(), "image_size": 64})
     assert model.input_blocks[0][0].weight.is_meta and diffusion.num_timesteps == 1000
+
+
+def test_short_attention_under_low_precision_training_equals_the_fused_kernel():
+    """CPU bf16 with gradients at <= SHORT_ATTENTION tokens takes the explicit path: the same values and
+    gradients as scaled_dot_product_attention (to bf16 precision), the fused kernel everywhere else."""
+    import torch.nn.functional as F
+
+    from adm.nn import layers
+
+    g = torch.Generator().manual_seed(0)
+    for length in (16, layers.SHORT_ATTENTION, 2 * layers.SHORT_ATTENTION):
+        qkv = torch.randn(3, length, 2 * 3 * 32, generator=g)
+        grad = torch.randn(3, length, 2 * 32, generator=g)
+        ref_in = qkv.clone().requires_grad_()
+        n, heads, ch = 3, 2, 32
+        q, k, v = ref_in.view(n, length, heads, 3, ch).unbind(3)
+        ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        ref = ref.transpose(1, 2).reshape(n, length, heads * ch)
+        ref.backward(grad)
+        low = qkv.bfloat16().requires_grad_()
+        out = layers.token_attention(low, heads, legacy=True)
+        out.backward(grad.bfloat16())
+        torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(low.grad.float(), ref_in.grad, atol=5e-2, rtol=5e-2)
+        # float32 and no-grad calls take the fused kernel: exactly its output.
+        with torch.no_grad():
+            assert torch.equal(layers.token_attention(qkv, heads, legacy=True), ref.detach())
+    q, k, v = torch.randn(3, 2, 4, 50, 16, generator=g).unbind(0)  # float32: the same function
+    torch.testing.assert_close(layers._explicit_attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                               atol=1e-5, rtol=1e-5)

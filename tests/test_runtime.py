@@ -33,3 +33,18 @@ def test_devices_and_dtypes():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with autocast("cpu", "fp32"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_keep_cpu_memory_tunes_glibc_once_and_can_be_switched_off():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = "from adm.runtime import keep_cpu_memory as k; print(k(), k())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ADM_KEEP_CPU_MEMORY": "0"})
+    assert off.stdout.split() == ["False", "False"]
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert on.stdout.split() == ["True", "True"]

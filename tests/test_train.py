@@ -260,3 +260,48 @@ def test_set_overrides_parse_types_and_reject_unknown_fields():
         apply_overrides(ADMConfig(), {"widht": "3"})
     with pytest.raises(ConfigError, match="not a valid"):
         apply_overrides(ADMConfig(), {"dropout": "lots"})
+
+
+# -- --init-from: a new run that starts from given weights -----------------------------------------
+def test_init_from_starts_model_and_every_ema_copy_from_the_weights(tmp_path, npz, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--data", npz, "--out", str(first), *TINY, *RUN, "--max-steps", "2", "--save-every", "2"]) == 0
+    start = ADM.from_pretrained(first / "model").state_dict()
+    # No --preset / --set: the weights' own config. A learning rate of ~0 keeps the weights where they start.
+    def args(max_steps):
+        return ["train", "--data", npz, "--out", str(second), *RUN, "--max-steps", str(max_steps), "--save-every", "1",
+                "--init-from", str(first / "model"), "--lr", "1e-30", "--ema", "0.9999,0.9", "--seed", "5"]
+
+    assert main(args(1)) == 0
+    assert "starting" in capsys.readouterr().err
+    state = last_checkpoint(second)
+    assert json.loads((second / "config.json").read_text())["init_from"] == str(first / "model")
+    for k, v in start.items():
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=1e-6)
+        for rate in ("0.9999", "0.9"):
+            torch.testing.assert_close(state["ema"][rate][k], v, rtol=0, atol=1e-6)
+    # A run of another seed without --init-from starts elsewhere.
+    fresh = tmp_path / "c"
+    assert main(["train", "--data", npz, "--out", str(fresh), *TINY, *RUN, "--max-steps", "1", "--seed", "5"]) == 0
+    other = last_checkpoint(fresh)["model"]
+    assert any(not torch.allclose(other[k], v) for k, v in start.items())
+    # The same command again resumes the run from its checkpoint: --init-from no longer applies.
+    assert main(args(2)) == 0
+    assert "resuming" in capsys.readouterr().err and last_checkpoint(second)["step"] == 2
+
+
+def test_init_from_other_network_or_kind_is_one_line_and_writes_nothing(tmp_path, npz, capsys):
+    first = tmp_path / "a"
+    assert main(["train", "--data", npz, "--out", str(first), *TINY, *RUN, "--max-steps", "1"]) == 0
+    wider = ["--set", "model_channels=64"]  # TINY's is 32
+    bad = tmp_path / "bad"
+    assert main(["train", "--data", npz, "--out", str(bad), *TINY, *wider, *RUN, "--max-steps", "1",
+                 "--init-from", str(first / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit this run's network" in err and len(err.strip().splitlines()) == 1
+    assert not bad.exists()
+    assert main(["train-classifier", "--data", npz, "--out", str(bad), *RUN, "--max-steps", "1",
+                 "--init-from", str(first / "model")]) == 2
+    assert "expected ADM_classifier" in capsys.readouterr().err and not bad.exists()
+    assert main(["train", "--data", npz, "--out", str(bad), *RUN, "--init-from", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err and not bad.exists()
