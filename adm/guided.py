@@ -11,7 +11,7 @@ from adm.diffusion.config import DiffusionConfig
 from adm.diffusion.process import Diffusion
 from adm.data.images import to_uint8 as data_to_uint8
 from adm.errors import ConfigError
-from adm.runtime import CompiledWithFallback
+from adm.runtime import CompiledWithFallback, channels_last as channels_last_layout, prefers_channels_last
 from adm.sampling import SAMPLERS, get_sampler
 from adm.sampling.guidance import (
     Interval,
@@ -225,6 +225,7 @@ class ADM_G(nn.Module):
         progress: bool = False,                   # tqdm bar over the steps
         callback: Callback | None = None,         # once per model call: {"i", "t", "x", "pred_xstart", ...}
         device=None,
+        channels_last: bool | None = None,        # the networks' layout while sampling (None: the faster one)
     ) -> torch.Tensor:
         """[N, C, H, W] images in [-1, 1] (ADM_G.to_uint8 gives the paper's NHWC uint8).
 
@@ -254,6 +255,10 @@ class ADM_G(nn.Module):
         only at noise levels sigma = sqrt((1 - abar) / abar) in [lo, hi] (closed; hi may be inf), in the
         sigma frame at the sampler's sigmas, in the discrete one at the timesteps of those sigmas; outside it
         the step is unguided (no classifier gradient, the conditional model, the good model).
+
+        channels_last: run the networks channels-last within the call (their layout is restored after;
+        results equal to float rounding). None picks it where it is faster (adm.runtime.prefers_channels_last:
+        bf16 / fp16 autocast on CUDA, or on the CPU for networks of >= 128 base channels).
         """
         scale = self.scale if scale is None else self._check_scale(scale)
         interval = check_interval(guidance_interval)
@@ -293,10 +298,14 @@ class ADM_G(nn.Module):
                 raise ConfigError("classifier-free guidance needs a model trained with label dropout (null_class)")
             model_fn = classifier_free_guidance(model_fn, scale, self.null_label, interval, sigma_of)
         model_kwargs = {"y": y} if cfg.num_classes else {}
-        return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),
-                        sampler=sampler, steps=steps, seed=seed, model_kwargs=model_kwargs,
-                        cond_fn_for=cond_fn_for, eta=eta, churn=churn, batch_size=batch_size,
-                        clip_denoised=clip_denoised, progress=progress, callback=callback, device=device)
+        networks = [self.model, self.classifier if cond_fn_for is not None else None,
+                    guide if guide is not None and scale != 1.0 else None]
+        layout = prefers_channels_last(networks, device) if channels_last is None else bool(channels_last)
+        with channels_last_layout(networks, layout):
+            return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),
+                            sampler=sampler, steps=steps, seed=seed, model_kwargs=model_kwargs,
+                            cond_fn_for=cond_fn_for, eta=eta, churn=churn, batch_size=batch_size,
+                            clip_denoised=clip_denoised, progress=progress, callback=callback, device=device)
 
 
 def _low_res_float(low_res: torch.Tensor) -> torch.Tensor:
@@ -321,6 +330,7 @@ def upsample(
     progress: bool = False,
     callback: Callback | None = None,
     device=None,
+    channels_last: bool | None = None,            # as ADM_G.sample
 ) -> torch.Tensor:
     """[N, C, H, W] upsampled images in [-1, 1], H = the model's image_size."""
     cfg = sr_model.config
@@ -336,9 +346,11 @@ def upsample(
     elif labels is not None:
         raise ConfigError("labels were given for an unconditional upsampler")
     shape = (low.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
-    return generate(sr_model, cfg.diffusion, shape, sampler=sampler, steps=steps, seed=seed, model_kwargs=kwargs,
-                    eta=eta, churn=churn, batch_size=batch_size, clip_denoised=clip_denoised, progress=progress,
-                    callback=callback, device=device)
+    layout = prefers_channels_last([sr_model], device) if channels_last is None else bool(channels_last)
+    with channels_last_layout([sr_model], layout):
+        return generate(sr_model, cfg.diffusion, shape, sampler=sampler, steps=steps, seed=seed, model_kwargs=kwargs,
+                        eta=eta, churn=churn, batch_size=batch_size, clip_denoised=clip_denoised, progress=progress,
+                        callback=callback, device=device)
 
 
 __all__ = ["ADM_G", "SAMPLERS", "check_guide_model", "generate", "random_labels", "to_uint8", "upsample"]

@@ -1,7 +1,7 @@
 """The demo model's learning curve: FID / precision / recall / clean-classifier accuracy against images seen.
 
     python3 scripts/demo_curve.py evaluate RUN_DIR --classifier CLF --clean clean_clf.pt --json docs/demo_curve.json \
-        [--steps 2000,4000] [--num 2000] [--samples DIR]
+        [--steps 2000,4000] [--num 2000] [--samples DIR] [--images-before N --run-name NAME]
     python3 scripts/demo_curve.py report docs/demo_curve.json --plot docs/demo_curve.png
 
 `evaluate` takes the training checkpoints of RUN_DIR (RUN_DIR/checkpoints/step_*.pt; `--keep-every` keeps
@@ -9,7 +9,9 @@ them) at the given steps (default: all), the EMA weights each exports (the run's
 `--num` images with the demo preset's own settings (adm.hub.presets.DEMO_SAMPLING: sampler, model calls,
 guidance), seeds 0..N-1 with label = seed mod 10, as docs/guidance.md does. Each point is measured with the
 real FID Inception against the Fashion-MNIST test set, plus the accuracy of an independently trained clean
-classifier (`scripts/guidance_sweep.py clean-classifier`). Points already in the JSON are kept.
+classifier (`scripts/guidance_sweep.py clean-classifier`). Points are keyed by images seen; those already in
+the JSON are kept. A run that started from earlier weights (`adm train --init-from`, as the campaign does when
+its run directory is gone) passes the images those weights had seen as --images-before.
 """
 from __future__ import annotations
 
@@ -68,9 +70,10 @@ def cmd_evaluate(args) -> None:
     wanted = {int(s) for s in args.steps.split(",")} if args.steps else None
     ref = ev.open_fashion_mnist("test")
     for step, path in list_checkpoints(Path(args.run)):
-        if (wanted is not None and step not in wanted) or str(step) in results["points"]:
+        seen = args.images_before + step * run_cfg["batch_size"]
+        if (wanted is not None and step not in wanted) or str(seen) in results["points"]:
             continue
-        kept = Path(args.samples) / f"step_{step:08d}.npz" if args.samples else None
+        kept = Path(args.samples) / f"images_{seen:09d}.npz" if args.samples else None
         if kept is not None and kept.is_file() and len(np.load(kept)["images"]) == args.num:
             data = np.load(kept)  # sampled by an earlier (interrupted) evaluation: measured as they are
             images, labels, seconds = data["images"], data["labels"], None
@@ -86,11 +89,12 @@ def cmd_evaluate(args) -> None:
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
             acc = float((clean(x).argmax(-1).numpy() == labels).mean())
         r = ev.evaluate(ref, ev.from_array(images, f"step {step}"), device="cpu", batch_size=100, progress=False)
-        row = {"step": step, "images_seen": step * run_cfg["batch_size"], "ema_rate": run_cfg["ema"][0],
+        row = {"run": args.run_name or Path(args.run).name, "step": step, "images_seen": seen,
+               "init_from": run_cfg.get("init_from", ""), "ema_rate": run_cfg["ema"][0],
                "num": len(images), "fid": r.fid, "sfid": r.sfid, "precision": r.precision, "recall": r.recall,
                "clean_accuracy": acc, "sampling_seconds": seconds, "dtype": args.dtype}
         print(json.dumps(row), flush=True)
-        results["points"][str(step)] = row
+        results["points"][str(seen)] = row
         out.write_text(json.dumps(results, indent=2) + "\n")
 
 
@@ -99,12 +103,12 @@ def cmd_report(args) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     res = json.loads(Path(args.json).read_text())
-    points = sorted(res["points"].values(), key=lambda r: r["step"])
-    print("| step | images seen | FID | sFID | precision | recall | clean accuracy |")
+    points = sorted(res["points"].values(), key=lambda r: r["images_seen"])
+    print("| images seen | run, step | FID | sFID | precision | recall | clean accuracy |")
     print("|---|---|---|---|---|---|---|")
     for r in points:
-        print(f"| {r['step']} | {r['images_seen']:,} | {r['fid']:.2f} | {r['sfid']:.2f} | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} | {r['clean_accuracy']:.3f} |")
+        print(f"| {r['images_seen']:,} | {r.get('run', '')} {r['step']} | {r['fid']:.2f} | {r['sfid']:.2f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['clean_accuracy']:.3f} |")
     if args.plot and points:
         sweep = _sweep_module()
         img = Image.new("RGB", (960, 420), "white")
@@ -134,6 +138,9 @@ def main() -> None:
     e.add_argument("--num", type=int, default=2000)
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--dtype", default="bf16", help="fp32, or bf16 autocast (what the CPU measurements used)")
+    e.add_argument("--images-before", type=int, default=0,
+                   help="images the run's starting weights had seen (a run started with --init-from)")
+    e.add_argument("--run-name", default="", help="how the table names the run (default: RUN_DIR's name)")
     e.add_argument("--samples", help="keep the samples here (one .npz per step); samples found there are "
                    "measured instead of drawn again")
     r = sub.add_parser("report")

@@ -400,3 +400,42 @@ def test_autoguidance(nets, guide):
 def test_bad_guidance_input(nets, guide, call, needle):
     with pytest.raises(ConfigError, match=needle):
         call(nets, guide)
+
+
+@pytest.mark.parametrize("guidance", ["classifier", "cfg", "upsample"])
+def test_channels_last_gives_the_same_images_and_restores_the_layout(nets, guidance):
+    from adm.runtime import channels_last
+
+    if guidance == "upsample":
+        low = torch.rand(2, 3, 8, 8) * 2 - 1
+        run = lambda cl: upsample(nets["sr"], low, [0, 1], steps=3, sampler="ddim", channels_last=cl)  # noqa: E731
+        networks = [nets["sr"]]
+    else:
+        g = ADM_G(nets["cond"], nets["clf"], scale=3.0) if guidance == "classifier" else ADM_G(nets["cfg"], scale=2.0)
+        run = lambda cl: g.sample([0, 2], steps=3, sampler="ddim", channels_last=cl)  # noqa: E731
+        networks = [g.model] + ([g.classifier] if g.classifier is not None else [])
+    plain = run(False)  # float32 rounding of other summation orders, which guidance scales (1e-4 as for CFG)
+    torch.testing.assert_close(run(True), plain, atol=1e-4, rtol=0)
+    for m in networks:  # back in the standard layout: state_dicts and later calls see what they saw
+        assert all(p.is_contiguous() for p in m.parameters())
+    with channels_last(networks):  # networks already channels-last stay so
+        torch.testing.assert_close(run(True), plain, atol=1e-4, rtol=0)
+        conv = next(p for p in networks[0].parameters() if p.dim() == 4 and p.shape[1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert all(p.is_contiguous() for m in networks for p in m.parameters())
+
+
+def test_channels_last_is_chosen_where_it_was_measured_faster(nets, monkeypatch):
+    import adm.runtime
+    from adm.runtime import CHANNELS_LAST_MIN_WIDTH, prefers_channels_last
+
+    wide = ADM(ADMConfig(**{**NET, "model_channels": CHANNELS_LAST_MIN_WIDTH}, diffusion=DIFF))
+    assert not prefers_channels_last([wide], "cpu")  # float32: the convolutions gain ~2%, not worth a copy
+    with torch.autocast("cpu", torch.bfloat16):
+        assert prefers_channels_last([wide], "cpu")
+        assert not prefers_channels_last([wide, nets["clf"]], "cpu")  # a narrow classifier: the demo's case
+        assert not prefers_channels_last([nets["cond"]], "cpu")
+    assert not prefers_channels_last([nets["cond"]], "cuda")
+    monkeypatch.setattr(adm.runtime, "low_precision", lambda device: True)  # fp16 autocast on a GPU
+    assert prefers_channels_last([nets["cond"]], "cuda")
+    assert not prefers_channels_last([nets["cond"]], "mps")

@@ -30,9 +30,12 @@ def add_parser(subparsers, name: str, help: str, description: str, epilog: str) 
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    """--device, --dtype and --no-progress."""
+    """--device, --dtype, --channels-last and --no-progress."""
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="autocast precision (default: fp32)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the networks channels-last (default: where it is faster: bf16/fp16 on CUDA, "
+                             "or on the CPU for networks of >= 128 base channels)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -126,6 +126,8 @@ def make_plan(args: argparse.Namespace):
             s += ["--labels", recipe.labels]
         s += ["--num", str(num), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
               "--out", str(plan.samples_dir), "--dtype", args.dtype, *common]
+        if args.channels_last is not None:
+            s.append("--channels-last" if args.channels_last else "--no-channels-last")
         plan.sample = s + (["--compile"] if args.compile else [])
     samples = str(plan.file("samples").path) if args.published else str(plan.samples_dir)
     e = ["evaluate", str(plan.file("reference").path), samples, "--num", str(num), "--json",

@@ -174,7 +174,8 @@ def run_upsample(args: argparse.Namespace) -> int:
             with autocast(device, dtype):
                 x = upsample(up.model, low, ys, steps=respacing, sampler=sampler,
                              seed=[args.seed + k + UPSAMPLE_SEED_OFFSET for k in part], clip_denoised=not args.no_clip,
-                             callback=progress.callback(len(part), steps), device=device)
+                             callback=progress.callback(len(part), steps), device=device,
+                             channels_last=args.channels_last)
             return to_uint8(x)
 
         produce(out, todo, label_of, args.batch_size, make)
