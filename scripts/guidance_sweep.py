@@ -45,6 +45,29 @@ def configurations() -> list[dict]:
     runs += [dict(name=f"dpmpp2m{n}_logsnr_s2", sampler="dpmpp2m", steps=n, scale=2.0) for n in (8, 10, 12, 6, 15, 7)]
     # the same comparison under classifier-free guidance (w = 3)
     runs += [dict(name=f"dpmpp2m{n}_logsnr_cfg3", sampler="dpmpp2m", steps=n, scale=3.0, cfg=True) for n in (8, 10)]
+    return runs + sampler_configurations()
+
+
+# docs/samplers.md: the samplers against model calls, each with classifier (s = 2) and classifier-free
+# (w = 3) guidance; a guidance interval and autoguidance (--guide-model: an earlier demo checkpoint).
+SAMPLER_CALLS = (10, 15, 25, 50)
+INTERVAL = (0.3, 5.0)  # sigma range of the guidance-interval runs
+
+
+def sampler_configurations() -> list[dict]:
+    runs = []
+    for calls in SAMPLER_CALLS:
+        for sampler in ("ddim", "dpmpp2m", "heun", "edm"):
+            if sampler == "ddim" and calls == 25:
+                continue  # ddim25_s2 / ddim25_cfg3 are in the guidance sweep above
+            runs.append(dict(name=f"{sampler}{calls}_s2", sampler=sampler, steps=calls, scale=2.0, group="samplers"))
+            runs.append(dict(name=f"{sampler}{calls}_cfg3", sampler=sampler, steps=calls, scale=3.0, cfg=True,
+                             group="samplers"))
+    runs += [dict(name="heun25_s2_interval", sampler="heun", steps=25, scale=2.0, interval=INTERVAL, group="samplers"),
+             dict(name="heun25_cfg3_interval", sampler="heun", steps=25, scale=3.0, cfg=True, interval=INTERVAL,
+                  group="samplers"),
+             dict(name="heun25_auto2", sampler="heun", steps=25, scale=2.0, guide=True, group="samplers"),
+             dict(name="ddim25_auto2", sampler="ddim", steps=25, scale=2.0, guide=True, group="samplers")]
     return runs
 
 
@@ -70,10 +93,16 @@ def cmd_sample(args) -> None:
              else build_preset("ADM_demo_fashion_mnist", pretrained=True)).to(dev).eval()
     clf = (adm.ADM_classifier.from_pretrained(args.classifier) if args.classifier
            else build_preset("ADM_classifier_demo_fashion_mnist", pretrained=True)).to(dev).eval()
+    guide = adm.ADM.from_pretrained(args.guide_model).to(dev).eval() if args.guide_model else None
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for run in configurations():
         if args.only and run["name"] not in args.only.split(","):
+            continue
+        if not args.only and run.get("group") == "samplers":
+            continue  # docs/samplers.md's runs: by name (--only)
+        if run.get("guide") and guide is None:
+            print(f"{run['name']}: autoguidance needs --guide-model, skipped", flush=True)
             continue
         path = out_dir / f"{run['name']}.npz"
         if not _claim(path, out_dir / f"{run['name']}.lock"):
@@ -84,19 +113,22 @@ def cmd_sample(args) -> None:
         labels = torch.tensor([s % 10 for s in seeds])
         t0 = time.time()
         # classifier=None with a scale means classifier-free guidance; scale 0 with the classifier is unguided.
-        guided = adm.ADM_G(model, None if run.get("cfg") else clf, scale=run["scale"])
+        guided = adm.ADM_G(model, None if run.get("cfg") or run.get("guide") else clf, scale=run["scale"],
+                           guide_model=guide if run.get("guide") else None)
         chunks = []
         for i in range(0, num, args.batch_size):
             with autocast(dev, dtype):
                 x = guided.sample(labels[i:i + args.batch_size].to(dev), steps=run["steps"], sampler=run["sampler"],
-                                  seed=seeds[i:i + args.batch_size], progress=False)
+                                  seed=seeds[i:i + args.batch_size], guidance_interval=run.get("interval"),
+                                  progress=False)
             chunks.append(adm.data.to_uint8(x))
             print(f"  {run['name']}: {i + len(chunks[-1])}/{num} ({time.time() - t0:.0f} s)", flush=True)
         seconds = time.time() - t0
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, images=np.concatenate(chunks), labels=labels.numpy(),
                             meta=json.dumps({**run, "num": num, "dtype": args.dtype, "seconds": seconds,
-                                             "device": str(dev), "threads": torch.get_num_threads()}))
+                                             "device": str(dev), "threads": torch.get_num_threads(),
+                                             "model": args.model or "shipped", "guide_model": args.guide_model}))
         tmp.replace(path)
         (out_dir / f"{run['name']}.lock").unlink()
         print(f"{run['name']}: {num} images in {seconds:.1f} s", flush=True)
@@ -192,6 +224,7 @@ def cmd_evaluate(args) -> None:
         r = ev.evaluate(ref, ev.from_array(imgs, name), features=args.features, device=args.device,
                         batch_size=100, progress=False)
         row = {**{k: meta[k] for k in ("sampler", "steps", "scale", "dtype", "seconds")}, "cfg": bool(meta.get("cfg")),
+               **{k: meta[k] for k in ("interval", "guide", "guide_model", "model") if meta.get(k) is not None},
                "num": int(len(imgs)), "fid": r.fid, "sfid": r.sfid, "precision": r.precision, "recall": r.recall,
                "clean_accuracy": acc}
         print(name, json.dumps(row), flush=True)
@@ -288,6 +321,25 @@ def cmd_report(args) -> None:
         print(f"| {name} | {r['sampler']} | {r['steps']} | {kind} | {r['num']} | {vals} |")
 
 
+def cmd_samplers(args) -> None:
+    """docs/samplers.md's table: every measured run of the JSON files given, by sampler and model calls."""
+    rows = {}
+    for path in args.json:
+        rows.update(json.loads(Path(path).read_text())["runs"])
+    print("| run | sampler | model calls | guidance | FID | sFID | precision | recall | clean accuracy | s / 2,000 images |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    names = [c["name"] for c in configurations()]
+    for name in sorted(rows, key=lambda n: (rows[n]["steps"], names.index(n) if n in names else len(names))):
+        r = rows[name]
+        if args.only and name not in args.only.split(","):
+            continue
+        kind = ("autoguidance w=" if r.get("guide") else "classifier-free w=" if r.get("cfg") else "classifier s=")
+        kind += f"{r['scale']:g}" + (f", sigma in [{r['interval'][0]:g}, {r['interval'][1]:g}]" if r.get("interval") else "")
+        secs = f"{r['seconds'] * 2000 / r['num']:.0f}" if r.get("seconds") else ""
+        print(f"| {name} | {r['sampler']} | {r['steps']} | {kind} | {r['fid']:.2f} | {r['sfid']:.2f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['clean_accuracy']:.3f} | {secs} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -301,6 +353,7 @@ def main() -> None:
     s.add_argument("--model", default=None, help="model directory (default: the shipped demo model)")
     s.add_argument("--classifier", default=None)
     s.add_argument("--only", default="", help="comma-separated run names")
+    s.add_argument("--guide-model", default=None, help="the weak model of the autoguidance runs (an earlier checkpoint)")
     c = sub.add_parser("clean-classifier")
     c.add_argument("--out", required=True)
     c.add_argument("--epochs", type=int, default=8)
@@ -313,6 +366,9 @@ def main() -> None:
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--only", default="", help="comma-separated run names, evaluated in this order")
     e.add_argument("--features", default="inception", help="inception (the paper's) or tiny (fast, for tests)")
+    t = sub.add_parser("samplers", help="docs/samplers.md's table from evaluate's JSON files")
+    t.add_argument("json", nargs="+")
+    t.add_argument("--only", default="")
     r = sub.add_parser("report")
     r.add_argument("json")
     r.add_argument("--plot", required=True)
@@ -320,7 +376,7 @@ def main() -> None:
     r.add_argument("--grid", default="guidance_samples.png")
     args = p.parse_args()
     {"sample": cmd_sample, "clean-classifier": cmd_clean_classifier, "evaluate": cmd_evaluate,
-     "report": cmd_report}[args.cmd](args)
+     "report": cmd_report, "samplers": cmd_samplers}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ Each source is anything adm.hub.load takes: a run directory (its exported EMA we
 training checkpoint (RUN_DIR/checkpoints/step_*.pt: its first EMA rate) or a saved model directory. The
 config must equal the preset's; the step, images seen and EMA rate go into config.json's "extra". The
 weights land in adm/weights/{demo_fashion_mnist,classifier_demo_fashion_mnist}/.
+
+A run that started from the shipped weights (`adm train --init-from ADM_demo_fashion_mnist`, what
+scripts/demo_train.sh does when its run directory is new) counts the images those weights had seen too:
+images_seen = the shipped weights' images_seen + step x batch (and `init_from` records it).
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ def _training(source: Path) -> dict:
         return {}
     out = {"trainer": cfg["trainer"], "data": cfg["data"], "step": step, "batch_size": cfg["batch_size"],
            "images_seen": step * cfg["batch_size"], "ema_rate": (cfg.get("ema") or [None])[0]}
+    if cfg.get("init_from"):
+        out["init_from"] = cfg["init_from"]
     if cfg["trainer"] == "diffusion":
         out["label_dropout"] = cfg.get("label_dropout", 0.0)
     return out
@@ -44,9 +50,14 @@ def ship(source: str, kind: str, preset: str) -> None:
     expected = presets.get(preset).config
     if loaded.model.config != expected:
         raise SystemExit(f"{source}: config differs from the preset {preset}")
-    extra = {"preset": preset, **_training(Path(source)),
-             "class_names": loaded.class_names or list(json.loads(
-                 (WEIGHTS / presets.get(preset).shipped / "config.json").read_text())["extra"].get("class_names", []))}
+    shipped = json.loads((WEIGHTS / presets.get(preset).shipped / "config.json").read_text())["extra"]
+    training = _training(Path(source))
+    if training.get("init_from") == preset:  # continued from the weights shipped until now
+        before = shipped.get("images_seen", shipped.get("step", 0) * shipped.get("batch_size", 64))
+        training["images_seen"] += before
+        training["images_before"] = before
+    extra = {"preset": preset, **training,
+             "class_names": loaded.class_names or list(shipped.get("class_names", []))}
     out = WEIGHTS / presets.get(preset).shipped
     loaded.model.save_pretrained(out, dtype=torch.float16, extra=extra)
     print(f"{preset}: {loaded.model.num_parameters():,} parameters, {extra} -> {out}")
