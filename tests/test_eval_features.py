@@ -1,5 +1,4 @@
 """The TF1 legacy bilinear resize, the Inception preprocessing and the feature networks."""
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 from adm.errors import AdmError
 from adm.eval.features import InceptionFeatures, TinyFeatures, find_inception_weights
 from adm.eval.resize import inception_preprocess, tf_resize_bilinear
+from helpers import FakeInception
 
 
 def tf_legacy_resize_loop(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -78,37 +78,11 @@ def test_missing_inception_weights_is_a_clear_error(monkeypatch, tmp_path):
         InceptionFeatures(junk)
 
 
-class _Mixed6(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(8, 192, 1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class _FakeInception(torch.nn.Module):
-    """A cheap network with the FID Inception's layout (layers.mixed_6.conv, layers.pool2) and 1008 logits."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(OrderedDict(
-            conv=torch.nn.Conv2d(3, 8, 11, stride=17),  # 299 -> 17
-            mixed_6=_Mixed6(),
-            widen=torch.nn.Conv2d(192, 2048, 1),
-            pool2=torch.nn.AdaptiveAvgPool2d(1),
-        ))
-        self.output = torch.nn.Linear(2048, 1008)
-
-    def forward(self, x):
-        return self.layers(x).reshape(-1, 2048)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated; the weights are TorchScript
 def test_user_weight_file_with_logits_enables_inception_score(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "fake_inception.pt"
-    fake = _FakeInception()
+    fake = FakeInception()
     torch.jit.script(fake).save(str(path))
     net = InceptionFeatures(path)
     assert net.has_logits

@@ -3,75 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
-import re
 import socket
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from adm import hub
 from adm.errors import CheckpointError
+from helpers import ServerState, http_server
 
 BODY = os.urandom(300_000)
 DIGEST = hashlib.sha256(BODY).hexdigest()
-
-
-@dataclass
-class _ServerState:
-    files: dict[str, bytes] = field(default_factory=lambda: {"/ckpt.pt": BODY})
-    cut_next: int | None = None   # send only this many body bytes of the next response, then hang up
-    ignore_range: bool = False    # answer Range requests with the whole file (200)
-    delay: float = 0.0            # seconds to wait before answering
-    served: list[int] = field(default_factory=list)                      # body bytes sent, per request
-    ranges: list[str | None] = field(default_factory=list)               # Range header, per request
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET with Range support (206 + Content-Range, 416), broken connections and Range-ignoring on demand."""
-
-    def do_GET(self) -> None:
-        state: _ServerState = self.server.state
-        time.sleep(state.delay)
-        state.ranges.append(self.headers.get("Range"))
-        body = state.files.get(self.path)
-        if body is None:
-            state.served.append(0)
-            self.send_error(404)
-            return
-        start, rng = 0, self.headers.get("Range")
-        if rng and not state.ignore_range:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-            if start >= len(body):
-                state.served.append(0)
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if state.cut_next is not None:
-            payload, state.cut_next = payload[: state.cut_next], None
-        # Counted before sending: the client may return before this thread runs again.
-        state.served.append(len(payload))
-        try:
-            self.wfile.write(payload)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            state.served[-1] = 0
-
-    def log_message(self, *args) -> None:
-        """Keep test output quiet."""
 
 
 @pytest.fixture(autouse=True)
@@ -84,12 +28,8 @@ def _isolated(monkeypatch, tmp_path):
 
 @pytest.fixture
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.state = _ServerState()
-    threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with http_server(ServerState(files={"/ckpt.pt": BODY})) as srv:
+        yield srv
 
 
 def _url(srv, path: str = "/ckpt.pt") -> str:

@@ -5,14 +5,11 @@ checks where they are in the cache."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import os
-import threading
 import warnings
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,62 +22,16 @@ from adm.cli.main import main
 from adm.diffusion import DiffusionConfig
 from adm.hub import presets, recipes
 from adm.nn import ADM, ADM_classifier, ADMConfig, ClassifierConfig
-from helpers import randomized
+from helpers import FakeInception, ServerState, http_server, randomized
 
 # The user's own cache, read before any test points $ADM_CACHE elsewhere: the real files' tests look there.
 REAL_CACHE = hub.cache_dir()
 
 
-# -- a local HTTP server with Range support that can cut a response short --------------------------------
-@dataclass
-class _State:
-    files: dict[str, bytes] = field(default_factory=dict)
-    cut_next: int | None = None                                  # send only this many bytes of the next body
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        state: _State = self.server.state
-        rng = self.headers.get("Range")
-        state.requests.append((self.path, rng))
-        body = state.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
-        if start >= len(body) and rng:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(body)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(206 if rng else 200)
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if state.cut_next is not None:
-            payload, state.cut_next = payload[: state.cut_next], None
-        try:
-            self.wfile.write(payload)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, *args) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.state = _State()
-    threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with http_server(ServerState()) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)
@@ -135,29 +86,10 @@ def _blobs(n, size=8, seed=0):
     return up.clip(0, 255).astype(np.uint8)
 
 
-class _Mixed6(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(8, 192, 1)
-
-    def forward(self, x):
-        return F.relu(self.conv(x))
-
-
-class NvidiaLikeInception(torch.nn.Module):
+class NvidiaLikeInception(FakeInception):
     """A tiny network with the interface of NVIDIA's inception-2015-12-05.pt: uint8 NCHW in; pool features with
     return_features=True, else softmax over 1008 logits (no_output_bias: without the bias, as the evaluator's IS);
     layers.mixed_6.conv and layers.pool2 inside, and `output` holding the logits' weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(OrderedDict(
-            conv=torch.nn.Conv2d(3, 8, 11, stride=17),  # 299 -> 17
-            mixed_6=_Mixed6(),
-            widen=torch.nn.Conv2d(192, 2048, 1),
-            pool2=torch.nn.AdaptiveAvgPool2d(1),
-        ))
-        self.output = torch.nn.Linear(2048, 1008)
 
     def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
                 no_output_bias: bool = False) -> torch.Tensor:
