@@ -285,11 +285,14 @@ class ADM_G(nn.Module):
         sigma_of = TimestepSigma(Diffusion.from_config(cfg.diffusion, "")) if interval is not None else None
         model_fn: ModelFn = self._maybe_compiled(self.model)
         cond_fn_for = None
+        networks = [self.model]  # what the sampling runs (their layout for the call)
         if guide is not None:
             if scale != 1.0:
                 model_fn = autoguidance(model_fn, self._maybe_compiled(guide), scale, interval, sigma_of)
+                networks.append(guide)
         elif self.classifier is not None and scale > 0:
             classifier = self._maybe_compiled(self.classifier)
+            networks.append(self.classifier)
 
             def cond_fn_for(part: slice) -> CondFn:
                 return limit_to_interval(classifier_guidance(classifier, scale, labels=y[part]), interval, sigma_of)
@@ -298,8 +301,6 @@ class ADM_G(nn.Module):
                 raise ConfigError("classifier-free guidance needs a model trained with label dropout (null_class)")
             model_fn = classifier_free_guidance(model_fn, scale, self.null_label, interval, sigma_of)
         model_kwargs = {"y": y} if cfg.num_classes else {}
-        networks = [self.model, self.classifier if cond_fn_for is not None else None,
-                    guide if guide is not None and scale != 1.0 else None]
         layout = prefers_channels_last(networks, device) if channels_last is None else bool(channels_last)
         with channels_last_layout(networks, layout):
             return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),

@@ -58,7 +58,6 @@ def parse_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-# -- precision ------------------------------------------------------------------------------------
 # -- the CPU memory allocator ---------------------------------------------------------------------
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit
@@ -93,6 +92,7 @@ def keep_cpu_memory() -> bool:
     return ok
 
 
+# -- precision ------------------------------------------------------------------------------------
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 

@@ -1,6 +1,6 @@
 """What users run, timed end to end: `adm train` on the demo recipe and `adm sample` with guidance.
 
-    python3 benchmarks/product.py                         # both tables, 2 interleaved repetitions (~12 min)
+    python3 benchmarks/product.py                         # both tables, 2 interleaved repetitions (~20 min)
     python3 benchmarks/product.py --only train --steps 40 --reps 3
     python3 benchmarks/product.py --only sample --num 64
 

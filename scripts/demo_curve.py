@@ -1,7 +1,7 @@
 """The demo model's learning curve: FID / precision / recall / clean-classifier accuracy against images seen.
 
     python3 scripts/demo_curve.py evaluate RUN_DIR --classifier CLF --clean clean_clf.pt --json docs/demo_curve.json \
-        [--steps 2000,4000] [--num 2000] [--samples DIR] [--images-before N --run-name NAME]
+        [--steps 2000,4000] [--num 2000] [--samples DIR] [--run-name NAME]
     python3 scripts/demo_curve.py report docs/demo_curve.json --plot docs/demo_curve.png
 
 `evaluate` takes the training checkpoints of RUN_DIR (RUN_DIR/checkpoints/step_*.pt; `--keep-every` keeps
@@ -11,7 +11,7 @@ guidance), seeds 0..N-1 with label = seed mod 10, as docs/guidance.md does. Each
 real FID Inception against the Fashion-MNIST test set, plus the accuracy of an independently trained clean
 classifier (`scripts/guidance_sweep.py clean-classifier`). Points are keyed by images seen; those already in
 the JSON are kept. A run that started from earlier weights (`adm train --init-from`, as the campaign does when
-its run directory is gone) passes the images those weights had seen as --images-before.
+its run directory is gone) counts the images those weights had seen (its config's init_images_seen).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def cmd_evaluate(args) -> None:
     wanted = {int(s) for s in args.steps.split(",")} if args.steps else None
     ref = ev.open_fashion_mnist("test")
     for step, path in list_checkpoints(Path(args.run)):
-        seen = args.images_before + step * run_cfg["batch_size"]
+        seen = run_cfg.get("init_images_seen", 0) + step * run_cfg["batch_size"]
         if (wanted is not None and step not in wanted) or str(seen) in results["points"]:
             continue
         kept = Path(args.samples) / f"images_{seen:09d}.npz" if args.samples else None
@@ -138,8 +138,6 @@ def main() -> None:
     e.add_argument("--num", type=int, default=2000)
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--dtype", default="bf16", help="fp32, or bf16 autocast (what the CPU measurements used)")
-    e.add_argument("--images-before", type=int, default=0,
-                   help="images the run's starting weights had seen (a run started with --init-from)")
     e.add_argument("--run-name", default="", help="how the table names the run (default: RUN_DIR's name)")
     e.add_argument("--samples", help="keep the samples here (one .npz per step); samples found there are "
                    "measured instead of drawn again")

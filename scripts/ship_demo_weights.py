@@ -7,9 +7,9 @@ training checkpoint (RUN_DIR/checkpoints/step_*.pt: its first EMA rate) or a sav
 config must equal the preset's; the step, images seen and EMA rate go into config.json's "extra". The
 weights land in adm/weights/{demo_fashion_mnist,classifier_demo_fashion_mnist}/.
 
-A run that started from the shipped weights (`adm train --init-from ADM_demo_fashion_mnist`, what
-scripts/demo_train.sh does when its run directory is new) counts the images those weights had seen too:
-images_seen = the shipped weights' images_seen + step x batch (and `init_from` records it).
+A run started from other weights (`adm train --init-from`, what scripts/demo_train.sh does when its run
+directory is new) counts the images those weights had seen too: images_seen = the run's init_images_seen
++ step x batch, and init_from records where they came from.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def _training(source: Path) -> dict:
     else:
         return {}
     out = {"trainer": cfg["trainer"], "data": cfg["data"], "step": step, "batch_size": cfg["batch_size"],
-           "images_seen": step * cfg["batch_size"], "ema_rate": (cfg.get("ema") or [None])[0]}
+           "images_seen": cfg.get("init_images_seen", 0) + step * cfg["batch_size"],
+           "ema_rate": (cfg.get("ema") or [None])[0]}
     if cfg.get("init_from"):
         out["init_from"] = cfg["init_from"]
     if cfg["trainer"] == "diffusion":
@@ -51,12 +52,7 @@ def ship(source: str, kind: str, preset: str) -> None:
     if loaded.model.config != expected:
         raise SystemExit(f"{source}: config differs from the preset {preset}")
     shipped = json.loads((WEIGHTS / presets.get(preset).shipped / "config.json").read_text())["extra"]
-    training = _training(Path(source))
-    if training.get("init_from") == preset:  # continued from the weights shipped until now
-        before = shipped.get("images_seen", shipped.get("step", 0) * shipped.get("batch_size", 64))
-        training["images_seen"] += before
-        training["images_before"] = before
-    extra = {"preset": preset, **training,
+    extra = {"preset": preset, **_training(Path(source)),
              "class_names": loaded.class_names or list(shipped.get("class_names", []))}
     out = WEIGHTS / presets.get(preset).shipped
     loaded.model.save_pretrained(out, dtype=torch.float16, extra=extra)

@@ -275,7 +275,10 @@ def test_init_from_starts_model_and_every_ema_copy_from_the_weights(tmp_path, np
     assert main(args(1)) == 0
     assert "starting" in capsys.readouterr().err
     state = last_checkpoint(second)
-    assert json.loads((second / "config.json").read_text())["init_from"] == str(first / "model")
+    saved = json.loads((second / "config.json").read_text())
+    assert saved["init_from"] == str(first / "model") and saved["init_images_seen"] == 2 * 8  # run a: 2 steps of 8
+    exported = json.loads((second / "model" / "config.json").read_text())["extra"]
+    assert exported["images_seen"] == 2 * 8 + 1 * 8 and exported["init_from"] == str(first / "model")
     for k, v in start.items():
         torch.testing.assert_close(state["model"][k], v, rtol=0, atol=1e-6)
         for rate in ("0.9999", "0.9"):

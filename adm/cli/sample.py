@@ -113,7 +113,8 @@ def register(subparsers) -> None:
     g.add_argument("--no-clip", action="store_true", help="do not clamp x_0 predictions to [-1, 1] "
                    "(guided-diffusion's --clip_denoised False)")
     g = p.add_argument_group("images")
-    g.add_argument("-n", "--num", type=int, help="number of images (seeds S..S+num-1 for --seed S; default 16; -n under torchrun, whose parser mistakes --num)")
+    g.add_argument("-n", "--num", type=int, help="number of images (seeds S..S+num-1 for --seed S; default 16; "
+                   "write -n under torchrun, whose parser mistakes --num)")
     g.add_argument("--seed", help="per-image seeds: S, a list or ranges like 0-63,100 (default 0)")
     g.add_argument("--labels", help="class labels, cycled over the images: '3', '0,3,5', '0-9' or 'random' (default)")
     g.add_argument("--batch-size", type=int, help="images per model call (default 16)")
@@ -372,7 +373,8 @@ def batch_maker(args, guided, up, plan: dict, out, device, dtype, progress: Prog
             x = upsample(up.model, torch.from_numpy(images), y if up.model.config.num_classes else None,
                          steps=plan["upsample_steps"], sampler=plan["upsample_sampler"],
                          seed=[k + UPSAMPLE_SEED_OFFSET for k in keys], clip_denoised=not args.no_clip,
-                         device=device, channels_last=args.channels_last, callback=progress.callback(len(keys), plan["up_steps"], share))
+                         device=device, channels_last=args.channels_last,
+                         callback=progress.callback(len(keys), plan["up_steps"], share))
         return to_uint8(x)
 
     return make

@@ -142,15 +142,14 @@ def build_config(args: argparse.Namespace):
 
     init = None
     if getattr(args, "init_from", None) and saved is None:  # a resumed run continues from its checkpoint
-        init = _init_weights(args.init_from, trainer)
+        loaded = _init_weights(args.init_from, trainer)
+        init = loaded.model
         train_kw["init_from"] = args.init_from
+        train_kw["init_images_seen"] = images_seen(loaded.extra)
     model_cfg, data = _model_and_data(args, trainer, saved, train_kw["data"], load_tensor_data,
                                       None if init is None else init.config)
-    init_sd = None if init is None else init.state_dict()
-    if init is not None:
-        _check_init_fits(args.init_from, init_sd, model_cfg)
     train_kw["model"] = config_to_dict(model_cfg)
-    return TrainConfig.from_dict(train_kw), data, init_sd
+    return TrainConfig.from_dict(train_kw), data, None if init is None else init.state_dict()
 
 
 def _init_weights(source: str, trainer: str):
@@ -158,25 +157,15 @@ def _init_weights(source: str, trainer: str):
     from adm.hub import load
     from adm.train.config import MODEL_KIND
 
-    return load(source, (MODEL_KIND[trainer],), what="--init-from").model
+    return load(source, (MODEL_KIND[trainer],), what="--init-from")
 
 
-def _check_init_fits(source: str, init_sd: dict, model_cfg) -> None:
-    """ConfigError, before anything is written, when the run's network has other weights (names or
-    shapes) than the ones --init-from gives."""
-    import torch
-
-    from adm.nn import network_class
-
-    with torch.device("meta"):  # shapes only, no memory
-        want = {k: tuple(v.shape) for k, v in network_class(model_cfg.kind)(model_cfg).state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in init_sd.items()}
-    diffs = [f"{k}: missing" for k in want if k not in have] + [f"{k}: unexpected" for k in have if k not in want]
-    diffs += [f"{k}: {have[k]} (weights) vs {want[k]} (run)" for k in want if k in have and have[k] != want[k]]
-    if diffs:
-        raise ConfigError(f"--init-from {source}: the weights do not fit this run's network ({len(diffs)} "
-                          f"tensors differ, e.g. " + "; ".join(diffs[:2]) + "); drop --preset / --set to "
-                          "train the weights' own config")
+def images_seen(extra: dict) -> int:
+    """The training images weights have seen, from their config's "extra" (0 when it does not say)."""
+    if isinstance(extra.get("images_seen"), int):
+        return extra["images_seen"]
+    step, batch = extra.get("step"), extra.get("batch_size")
+    return step * batch if isinstance(step, int) and isinstance(batch, int) else 0
 
 
 def _canonical_data(text: str) -> str:

@@ -52,6 +52,7 @@ class TrainConfig:
     max_nonfinite: int = 50                # abort after this many non-finite steps in a row
     seed: int = 0
     init_from: str = ""                    # where a new run's starting weights came from ("": random init)
+    init_images_seen: int = 0              # training images those weights had seen (their config's images_seen)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ema", tuple(float(r) for r in self.ema))

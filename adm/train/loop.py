@@ -58,6 +58,19 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, device: str | None = None, f
         teardown(ctx)
 
 
+def check_init_fits(init: dict[str, torch.Tensor], model_cfg, source: str = "") -> None:
+    """ConfigError when the run's network has other tensors (names or shapes) than the weights `init`."""
+    with torch.device("meta"):  # shapes only, no memory
+        want = {k: tuple(v.shape) for k, v in network_class(model_cfg.kind)(model_cfg).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in init.items()}
+    diffs = [f"{k}: missing" for k in want if k not in have] + [f"{k}: unexpected" for k in have if k not in want]
+    diffs += [f"{k}: {have[k]} (weights) vs {want[k]} (run)" for k in want if k in have and have[k] != want[k]]
+    if diffs:
+        raise ConfigError(f"--init-from {source or 'weights'}: the weights do not fit this run's network "
+                          f"({len(diffs)} tensors differ, e.g. " + "; ".join(diffs[:2]) + "); drop --preset / "
+                          "--set to train the weights' own config")
+
+
 def prepare_run_dir(cfg: TrainConfig, run_dir: Path, force: bool, is_main: bool) -> None:
     """Check a resumed run's settings against cfg (or clear it with force), then save cfg."""
     saved = read_run_config(run_dir) if not force else None
@@ -161,6 +174,8 @@ class _Run:
         self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
         device = self.device = ctx.device
         model_cfg = self.model_cfg = cfg.model_config()
+        if init is not None:
+            check_init_fits(init, model_cfg, cfg.init_from)  # before anything is written
 
         # -- run directory: resume check, config.json ----------------------------------------------
         if ctx.is_main:
@@ -272,14 +287,8 @@ class _Run:
 
     @torch.no_grad()
     def _start_from(self, init: dict[str, torch.Tensor]) -> None:
-        """The model and every EMA average set to the weights `init` (a new run's fine-tuning start)."""
-        try:
-            self.model.load_state_dict(init)
-        except RuntimeError as e:  # missing / unexpected keys or other shapes: one line, nothing written
-            first = str(e).strip().splitlines()
-            detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
-            raise ConfigError(f"--init-from {self.cfg.init_from or 'weights'}: they do not fit this run's "
-                              f"model ({detail}); give the same preset or --set overrides as the weights' config") from None
+        """The model and every EMA average set to the weights `init` (checked by check_init_fits)."""
+        self.model.load_state_dict(init)
         self.ema = EMA(self.model, self.cfg.ema)
         if self.ctx.is_main:
             _say(None, f"starting {self.run_dir} from the weights of {self.cfg.init_from or 'the given state_dict'}")
@@ -461,7 +470,10 @@ class _Run:
     def export_weights(self, step: int) -> None:
         """RUN_DIR/ema_<rate>/ for each rate and RUN_DIR/model/ (the first rate, or the raw weights)."""
         cfg, ema, export = self.cfg, self.ema, self.export
-        extra = {"step": step, "trainer": cfg.trainer, "data": cfg.data, "class_names": list(self.data.class_names)}
+        extra = {"step": step, "trainer": cfg.trainer, "data": cfg.data, "class_names": list(self.data.class_names),
+                 "batch_size": cfg.batch_size, "images_seen": cfg.init_images_seen + step * cfg.batch_size}
+        if cfg.init_from:
+            extra["init_from"] = cfg.init_from
         if cfg.trainer == "diffusion" and self.null_label is not None:
             extra["label_dropout"] = cfg.label_dropout  # 0: the null label was never trained (no CFG)
         for i, rate in enumerate(cfg.ema):
