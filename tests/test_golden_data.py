@@ -1,4 +1,9 @@
-"""The golden data carried by the repository (tests/golden) is an exact copy of the full golden folder."""
+"""The golden data carried by the repository (tests/golden) is an exact copy of the full golden folder:
+checked against digests of the full files (digests.json) in every clone, and against the files themselves
+where the full folder is beside the checkout."""
+import hashlib
+import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,7 @@ JSON_FILES = ["official_state_dict_shapes.json", "official_params.json"]
 
 
 def test_compact_golden_is_in_the_repository_and_small():
-    for name in ["README.md", "compact.py", "make_compact.py", "golden.pt.xz", *JSON_FILES]:
+    for name in ["README.md", "compact.py", "make_compact.py", "golden.pt.xz", "digests.json", *JSON_FILES]:
         assert (GOLDEN / name).is_file(), name
     files = [p for p in GOLDEN.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     total = sum(p.stat().st_size for p in files)
@@ -22,6 +27,29 @@ def test_compact_golden_is_in_the_repository_and_small():
 def test_archive_holds_every_golden_file(golden_archive):
     assert golden_archive.names() == PT_FILES
     assert set(golden_archive.archive["dropped"]) <= set(PT_FILES)
+
+
+def _digests() -> dict:
+    return json.loads((GOLDEN / "digests.json").read_text())
+
+
+def _content_digest(obj) -> str:
+    spec = importlib.util.spec_from_file_location("adm_tests_golden_compact", GOLDEN / "compact.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.content_digest(obj)
+
+
+@pytest.mark.parametrize("name", PT_FILES)
+def test_compact_copy_has_the_digest_of_the_full_golden_file(golden_archive, name):
+    """Every clone, with or without the full folder: the decoded archive is, bit for bit, what the full
+    file held (its unread entries left out), as recorded by make_compact.py from the full folder."""
+    assert _content_digest(golden_archive.load(name)) == _digests()[name]
+
+
+@pytest.mark.parametrize("name", JSON_FILES)
+def test_json_copies_have_the_digests_of_the_full_golden_files(name):
+    assert hashlib.sha256((GOLDEN / name).read_bytes()).hexdigest() == _digests()[name]
 
 
 def _assert_same(a, b, where):
@@ -52,8 +80,10 @@ def test_compact_copy_equals_the_full_golden_file(golden_archive, full_golden_di
         assert path[-1] in d, (name, path)  # the drop list names real entries
         del d[path[-1]]
     _assert_same(golden_archive.load(name), full, name)
+    assert _content_digest(full) == _digests()[name]  # digests.json is the full folder's, not stale
 
 
 @pytest.mark.parametrize("name", JSON_FILES)
 def test_json_copies_equal_the_full_golden_files(full_golden_dir, name):
     assert (GOLDEN / name).read_bytes() == (full_golden_dir / name).read_bytes()
+    assert hashlib.sha256((full_golden_dir / name).read_bytes()).hexdigest() == _digests()[name]

@@ -51,6 +51,33 @@ def state_dict_digest(sd) -> str:
     return h.hexdigest()
 
 
+def content_digest(obj) -> str:
+    """SHA-256 of a golden file's contents (nested dicts / lists / tuples of tensors and plain values):
+    structure, keys, dtypes, shapes and every byte. digests.json records it for each full golden file
+    (its DROP entries removed), so that a clone without the full folder still checks the archive."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().contiguous()
+        h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D|{len(obj)}|".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}|{len(obj)}|".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"V|{type(obj).__name__}|{obj!r}|".encode())
+
+
 def _uniform(g: torch.Generator, shape, bound: float) -> torch.Tensor:
     """`torch.empty(shape).uniform_(-bound, bound, generator=g)` as PyTorch's x86 builds compute it
     (float32 `x * (to - from) + from` contracted to one FMA), done exactly in float64 then rounded once."""

@@ -2,9 +2,12 @@
 
     python tests/golden/make_compact.py [SHARED_GOLDEN_DIR]
 
-Writes golden.pt.xz (every .pt entry the tests read, exactly; see compact.py for the encoding) and
-byte-for-byte copies of the two JSON files, then decodes the archive again and checks it against the
-source entry by entry. Only the entries in DROP are left out (no test reads them).
+Writes golden.pt.xz (every .pt entry the tests read, exactly; see compact.py for the encoding),
+byte-for-byte copies of the two JSON files and digests.json (compact.content_digest of each full .pt file
+without its DROP entries, SHA-256 of each JSON file), then decodes the archive again and checks it against
+the source entry by entry. Only the entries in DROP are left out (no test reads them).
+
+    python tests/golden/make_compact.py --digests [SHARED_GOLDEN_DIR]   # digests.json only
 """
 import hashlib
 import io
@@ -32,8 +35,9 @@ BUDGET = 15 * 10**6
 
 
 def find_shared() -> Path:
-    if len(sys.argv) > 1:
-        return Path(sys.argv[1])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if args:
+        return Path(args[0])
     env = os.environ.get("ADM_GOLDEN")
     repo = HERE.parent.parent
     for c in ([Path(env)] if env else []) + [repo.parent / "shared" / "golden", repo / "shared" / "golden"]:
@@ -173,9 +177,21 @@ def same(a, b, where=""):
         assert type(a) is type(b) and a == b, (where, a, b)
 
 
+def write_digests(shared: Path) -> dict:
+    """digests.json: what the full folder holds, for the checks of a clone that lacks it."""
+    digests = {name: compact.content_digest(drop(torch.load(shared / name, weights_only=True), DROP.get(name, [])))
+               for name in PT_FILES}
+    digests.update({name: hashlib.sha256((shared / name).read_bytes()).hexdigest() for name in JSON_FILES})
+    (HERE / "digests.json").write_text(json.dumps(digests, indent=1) + "\n")
+    return digests
+
+
 def main():
     shared = find_shared()
     torch.set_num_threads(1)
+    write_digests(shared)
+    if "--digests" in sys.argv:
+        return
     enc, files, meta = Encoder(), {}, None
     for name in PT_FILES:
         d = drop(torch.load(shared / name, weights_only=True), DROP.get(name, []))
