@@ -211,3 +211,20 @@ def test_concurrent_callers_share_one_transfer(server):
 def test_sha256_file(tmp_path):
     (tmp_path / "abc").write_bytes(b"abc")
     assert hub.sha256_file(tmp_path / "abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_a_shipped_preset_loads_with_its_training_record():
+    """`adm train --init-from ADM_demo_fashion_mnist` counts the images the shipped weights had seen: the
+    preset's load carries its config.json's "extra" (it was {} before, so a continued run started at 0)."""
+    import json
+
+    from adm.cli.train import images_seen
+    from adm.hub import presets
+
+    loaded = hub.load("ADM_demo_fashion_mnist", ("ADM",))
+    path = Path(str(presets.shipped_weights(presets.get("ADM_demo_fashion_mnist").shipped))).parent / "config.json"
+    record = json.loads(path.read_text())["extra"]
+    assert record["images_seen"] > 0 and images_seen(loaded.extra) == record["images_seen"]
+    assert loaded.step == record["step"] and loaded.class_names == record["class_names"]
+    # Weights given in place of the shipped ones are not credited with the shipped record.
+    assert hub.load("ADM_demo_fashion_mnist", ("ADM",), checkpoint=path.parent / "model.safetensors").extra == {}

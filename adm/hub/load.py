@@ -7,6 +7,7 @@ an `adm train` checkpoint), with an optional config or guided-diffusion flags fo
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from adm.hub import presets
 from adm.hub.download import download
 from adm.nn import KINDS, build, config_from_dict
 from adm.nn.serialization import (
+    CONFIG_NAME,
     WEIGHTS_NAME,
     extract_state_dict,
     is_model_dir,
@@ -55,6 +57,15 @@ def preset_weights(name: str) -> Path:
     if p.file is None:
         raise CheckpointError(f"OpenAI released no weights for {name}; the closest released preset is {p.closest!r}")
     return download(p.url, p.file, sha256=p.sha256)
+
+
+def _shipped_extra(name: str) -> dict:
+    """The "extra" record of a shipped preset's config.json (training step, images seen, class names)."""
+    config = Path(str(presets.shipped_weights(presets.get(name).shipped))).parent / CONFIG_NAME
+    try:
+        return dict(json.loads(config.read_text()).get("extra") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def build_preset(name: str, pretrained: bool | str | os.PathLike = False, **overrides) -> nn.Module:
@@ -241,6 +252,10 @@ def load(source: str | os.PathLike | None, kinds: tuple[str, ...] = KINDS, *, co
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise CheckpointError(f"{what} checkpoint not found: {checkpoint}")
         model = build_preset(name, pretrained=checkpoint if checkpoint is not None else True)
+        if checkpoint is None and presets.PRESETS[name].shipped:  # adm's own weights say how they were trained
+            extra = _shipped_extra(name)
+            step = extra.get("step") if isinstance(extra.get("step"), int) else None
+            return Loaded(model, name, name, [str(n) for n in extra.get("class_names") or []], step, extra)
         return Loaded(model, f"{name}:{checkpoint}" if checkpoint is not None else name, name)
     path = Path(source if source is not None else checkpoint)
     if not path.exists():
