@@ -40,7 +40,7 @@ def configurations() -> list[dict]:
              dict(name="ddim25_cfg1.5", sampler="ddim", steps=25, scale=1.5, cfg=True),
              dict(name="ddim25_cfg3", sampler="ddim", steps=25, scale=3.0, cfg=True)]
     # DPM-Solver++ with N model calls on steps spaced evenly in log-SNR (adm's spacing for it). The
-    # dpmpp2mN_s2 rows of docs/guidance.json came from the solver of commit d5a11be: N evenly spaced
+    # dpmpp2mN_s2 rows of docs/guidance_128k.json came from the solver of commit d5a11be: N evenly spaced
     # timesteps, the last of them a model call at t = 0.
     runs += [dict(name=f"dpmpp2m{n}_logsnr_s2", sampler="dpmpp2m", steps=n, scale=2.0) for n in (8, 10, 12, 6, 15, 7)]
     # the same comparison under classifier-free guidance (w = 3)
