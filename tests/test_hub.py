@@ -219,10 +219,10 @@ def test_a_shipped_preset_loads_with_its_training_record():
     import json
 
     from adm.cli.train import images_seen
-    from adm.hub import presets
+    from adm.hub.load import preset_weights
 
     loaded = hub.load("ADM_demo_fashion_mnist", ("ADM",))
-    path = Path(str(presets.shipped_weights(presets.get("ADM_demo_fashion_mnist").shipped))).parent / "config.json"
+    path = preset_weights("ADM_demo_fashion_mnist").parent / "config.json"
     record = json.loads(path.read_text())["extra"]
     assert record["images_seen"] > 0 and images_seen(loaded.extra) == record["images_seen"]
     assert loaded.step == record["step"] and loaded.class_names == record["class_names"]

@@ -7,7 +7,6 @@ an `adm train` checkpoint), with an optional config or guided-diffusion flags fo
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from adm.hub import presets
 from adm.hub.download import download
 from adm.nn import KINDS, build, config_from_dict
 from adm.nn.serialization import (
-    CONFIG_NAME,
     WEIGHTS_NAME,
     extract_state_dict,
     is_model_dir,
@@ -57,15 +55,6 @@ def preset_weights(name: str) -> Path:
     if p.file is None:
         raise CheckpointError(f"OpenAI released no weights for {name}; the closest released preset is {p.closest!r}")
     return download(p.url, p.file, sha256=p.sha256)
-
-
-def _shipped_extra(name: str) -> dict:
-    """The "extra" record of a shipped preset's config.json (training step, images seen, class names)."""
-    config = Path(str(presets.shipped_weights(presets.get(name).shipped))).parent / CONFIG_NAME
-    try:
-        return dict(json.loads(config.read_text()).get("extra") or {})
-    except (OSError, ValueError):
-        return {}
 
 
 def build_preset(name: str, pretrained: bool | str | os.PathLike = False, **overrides) -> nn.Module:
@@ -176,8 +165,14 @@ def _from_model_dir(d: Path, kinds: tuple[str, ...], what: str) -> Loaded:
     model = build(config_from_dict(meta))
     load_weights(model, read_state_dict(d / WEIGHTS_NAME), str(d / WEIGHTS_NAME))
     preset = extra.get("preset") if extra.get("preset") in presets.PRESETS else preset_of_config(meta)
+    return _with_record(model, str(d), preset, extra)
+
+
+def _with_record(model: nn.Module, source: str, preset: str | None, extra: dict | None) -> Loaded:
+    """A Loaded network with what its config.json's "extra" records (training step, class names, ...)."""
+    extra = dict(extra or {})
     step = extra.get("step") if isinstance(extra.get("step"), int) else None
-    return Loaded(model, str(d), preset, [str(n) for n in extra.get("class_names") or []], step, dict(extra))
+    return Loaded(model, source, preset, [str(n) for n in extra.get("class_names") or []], step, extra)
 
 
 def _from_run_dir(d: Path, kinds: tuple[str, ...], what: str) -> Loaded:
@@ -252,10 +247,8 @@ def load(source: str | os.PathLike | None, kinds: tuple[str, ...] = KINDS, *, co
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise CheckpointError(f"{what} checkpoint not found: {checkpoint}")
         model = build_preset(name, pretrained=checkpoint if checkpoint is not None else True)
-        if checkpoint is None and presets.PRESETS[name].shipped:  # adm's own weights say how they were trained
-            extra = _shipped_extra(name)
-            step = extra.get("step") if isinstance(extra.get("step"), int) else None
-            return Loaded(model, name, name, [str(n) for n in extra.get("class_names") or []], step, extra)
+        if checkpoint is None and presets.PRESETS[name].shipped:  # adm's own weights record how they were trained
+            return _with_record(model, name, name, read_model_config(preset_weights(name).parent).get("extra"))
         return Loaded(model, f"{name}:{checkpoint}" if checkpoint is not None else name, name)
     path = Path(source if source is not None else checkpoint)
     if not path.exists():
