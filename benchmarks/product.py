@@ -10,8 +10,10 @@ that process-wide settings (threads, the allocator) are what a user gets. Varian
 - `official-fp32`: the networks' forward the official way (benchmarks/official_style.py) in float32,
   what guided-diffusion runs on a CPU (its fp16 path is CUDA-only); adm's loop around it;
 - `official-bf16`: the same under adm's bf16 autocast;
-- `adm-before`: adm bf16 with this round's CPU changes switched off (ADM_KEEP_CPU_MEMORY=0 and the
-  fused attention kernel at every length), i.e. the product as it was;
+- `adm-before`: adm bf16 as it was when the speed issue was filed (ADM_KEEP_CPU_MEMORY=0, the fused
+  attention kernel at every length, AdaGN as one broadcasting addcmul);
+- `adm-round1`: adm bf16 after the first round of CPU changes (explicit attention up to 128 tokens with
+  a float32 softmax, the addcmul AdaGN), emulated by switching this round's changes back;
 - `adm-bf16`, `adm-fp32`: the product now.
 
 train: images/s of `adm train --preset ADM_demo_fashion_mnist` with the demo campaign's recipe
@@ -34,16 +36,32 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("official-fp32", "official-bf16", "adm-before", "adm-bf16", "adm-fp32")
+VARIANTS = ("official-fp32", "official-bf16", "adm-before", "adm-round1", "adm-bf16", "adm-fp32")
 
 # One process per run: the variant's switches, then the CLI.
 _RUNNER = r"""
 import os, sys
 variant, argv = sys.argv[1], sys.argv[2:]
-if variant == "adm-before":
-    os.environ["ADM_KEEP_CPU_MEMORY"] = "0"
-    import adm.nn.layers
-    adm.nn.layers.SHORT_ATTENTION = 0
+if variant in ("adm-before", "adm-round1"):
+    import torch
+    import adm.nn.layers as L
+
+    def modulate(self, x, scale, shift):  # round 1: one broadcasting addcmul in low precision
+        w, b = self.weight[:, None, None], self.bias[:, None, None]
+        if x.dtype == w.dtype == scale.dtype == shift.dtype:
+            return torch.addcmul(torch.addcmul(shift, b, 1 + scale), self._norm(x, None, None), w * (1 + scale))
+        s = 1 + scale.float()
+        weight, bias = (w.float() * s).to(x.dtype), torch.addcmul(shift.float(), b.float(), s).to(x.dtype)
+        return torch.addcmul(bias, self._norm(x, None, None), weight)
+
+    def explicit(q, k, v):  # round 1: the softmax through a float32 L x L copy
+        weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+        return weights.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
+
+    L.GroupNorm32.modulate, L._explicit_attention, L.SHORT_ATTENTION = modulate, explicit, 128
+    if variant == "adm-before":
+        os.environ["ADM_KEEP_CPU_MEMORY"] = "0"
+        L.SHORT_ATTENTION = 0
 import contextlib
 ctx = contextlib.nullcontext()
 if variant.startswith("official"):

@@ -267,3 +267,35 @@ def test_short_attention_under_low_precision_training_equals_the_fused_kernel():
     q, k, v = torch.randn(3, 2, 4, 50, 16, generator=g).unbind(0)  # float32: the same function
     torch.testing.assert_close(layers._explicit_attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
                                atol=1e-5, rtol=1e-5)
+    # bf16: the softmax in the input dtype is a float32 softmax rounded once, bit for bit.
+    q, k, v = (t.bfloat16() for t in torch.randn(3, 2, 4, 256, 32, generator=g).mul(3).unbind(0))
+    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    assert torch.equal(layers._explicit_attention(q, k, v),
+                       weights.softmax(-1, dtype=torch.float32).to(torch.bfloat16) @ v)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adagn_in_low_precision_keeps_its_precision(dtype):
+    """AdaGN on the CPU in bf16 / fp16 (multiply, then add in place) stays within the dtype's rounding of the
+    float32 result, and its gradients flow to x, scale and shift."""
+    from adm.nn.layers import GroupNorm32
+
+    g = torch.Generator().manual_seed(3)
+    norm = GroupNorm32(64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(64, generator=g) + 0.5)
+        norm.bias.copy_(torch.randn(64, generator=g))
+    x = torch.randn(4, 64, 8, 8, generator=g) * 3 + 1
+    scale, shift = torch.randn(2, 4, 64, 1, 1, generator=g).unbind(0)
+    x, scale, shift = (t.to(dtype).float() for t in (x, scale, shift))  # the same inputs in both precisions
+    ref = norm.modulate(x, scale, shift)
+    args = [t.to(dtype).requires_grad_() for t in (x, scale, shift)]
+    out = norm.modulate(*args)
+    assert out.dtype == dtype
+    err = (out.float() - ref).abs().max() / ref.abs().max()
+    assert err <= 2 * torch.finfo(dtype).eps, err
+    out.float().square().sum().backward()
+    ref_args = [t.clone().requires_grad_() for t in (x, scale, shift)]
+    norm.modulate(*ref_args).square().sum().backward()
+    for a, r in zip(args, ref_args):
+        assert torch.allclose(a.grad.float(), r.grad, rtol=0.05, atol=0.05 * r.grad.abs().max().item())

@@ -60,6 +60,10 @@ class GroupNorm32(nn.GroupNorm):
             return torch.addcmul(torch.addcmul(shift, b, s), self._norm(x, None, None), w * s)
         s = 1 + scale.float()  # low precision: fold in float32, round the [N, C, 1, 1] results once
         weight, bias = (w.float() * s).to(x.dtype), torch.addcmul(shift.float(), b.float(), s).to(x.dtype)
+        if x.device.type == "cpu":
+            # The CPU's broadcasting addcmul in bf16 / fp16 is 2-3x slower than a multiply and an
+            # in-place add (BENCHMARKS.md); one more rounding of the product, within bf16's precision.
+            return (self._norm(x, None, None) * weight).add_(bias)
         return torch.addcmul(bias, self._norm(x, None, None), weight)
 
 
@@ -221,17 +225,24 @@ def token_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Te
     return out.transpose(1, 2).reshape(n, length, num_heads * ch)
 
 
-# CPU training in bf16 / fp16 at short sequences: the flash kernel's backward pass is 4-5x slower than
-# two matmuls and a softmax (64 tokens: 41 ms against 9 ms per block at batch 64, BENCHMARKS.md);
-# longer sequences keep the fused kernel, which wins there and never forms the L x L matrix.
-SHORT_ATTENTION = 128
+# Gradients through attention on the CPU in bf16 / fp16 (training; the classifier gradient of guided
+# sampling) at up to 256 tokens: the flash kernel's backward pass is 3-7x slower than two matmuls and a
+# softmax (batch 64, 2 heads of 32 channels, forward + backward: 64 tokens 41 against 6 ms, 256 tokens
+# 88-108 against 30-42 ms; BENCHMARKS.md). From 512 tokens on the fused kernel wins (and never forms the
+# L x L matrix); forward only, it wins at every length.
+SHORT_ATTENTION = 256
 _LOW = (torch.bfloat16, torch.float16)
 
 
 def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(C)) v with the L x L weights formed, the softmax in float32."""
+    """softmax(q k^T / sqrt(C)) v with the L x L weights formed.
+
+    The softmax runs in the input dtype: the CPU kernel accumulates in float32 and rounds once, so its
+    output equals a float32 softmax rounded to q's dtype, without the float32 L x L copy and its cast
+    (2-4x faster here).
+    """
     weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    return weights.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
+    return weights.softmax(-1) @ v
 
 
 def qkv_attention(qkv: torch.Tensor, num_heads: int, legacy: bool) -> torch.Tensor:
