@@ -14,7 +14,9 @@ that process-wide settings (threads, the allocator) are what a user gets. Varian
   attention kernel at every length, AdaGN as one broadcasting addcmul);
 - `adm-round1`: adm bf16 after the first round of CPU changes (explicit attention up to 128 tokens with
   a float32 softmax, the addcmul AdaGN), emulated by switching this round's changes back;
-- `adm-bf16`, `adm-fp32`: the product now.
+- `adm-bf16`, `adm-fp32`: the product now;
+- `adm-ddp2` (train only, not run by default): `adm train --nproc 2`, two processes (DDP over gloo) that
+  share the --threads threads, the same global batch: for a CPU with several cores.
 
 train: images/s of `adm train --preset ADM_demo_fashion_mnist` with the demo campaign's recipe
 (scripts/demo_train.sh: batch 64, AdamW, three EMA rates, label dropout) over --steps steps, the
@@ -36,7 +38,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("official-fp32", "official-bf16", "adm-before", "adm-round1", "adm-bf16", "adm-fp32")
+VARIANTS = ("official-fp32", "official-bf16", "adm-before", "adm-round1", "adm-bf16", "adm-fp32", "adm-ddp2")
+DEFAULT_VARIANTS = VARIANTS[:-1]
 
 # One process per run: the variant's switches, then the CLI.
 _RUNNER = r"""
@@ -82,6 +85,8 @@ def dtype_of(variant: str) -> str:
 
 
 def run_variant(variant: str, argv: list[str], threads: int) -> float:
+    if variant == "adm-ddp2":  # two processes (torchrun, DDP), the threads shared between them
+        argv, threads = [*argv, "--nproc", "2"], max(1, threads // 2)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _RUNNER, variant, *argv], cwd=ROOT, env=env,
@@ -134,7 +139,7 @@ def table(name: str, measure, variants: list[str], reps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="train,sample", help="train, sample or both (comma-separated)")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=30, help="training steps per run")
@@ -154,7 +159,8 @@ def main() -> None:
                                  lambda v: train_images_per_s(v, args.data, args.steps, args.threads), variants, args.reps)
     if "sample" in only:
         results["sample"] = table(f"adm sample (demo pair, DDIM-25, classifier scale 2, {args.num} images)",
-                                  lambda v: sample_images_per_s(v, args.num, args.threads), variants, args.reps)
+                                  lambda v: sample_images_per_s(v, args.num, args.threads),
+                                  [v for v in variants if v != "adm-ddp2"], args.reps)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
