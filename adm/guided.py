@@ -11,7 +11,7 @@ from adm.diffusion.config import DiffusionConfig
 from adm.diffusion.process import Diffusion
 from adm.data.images import to_uint8 as data_to_uint8
 from adm.errors import ConfigError
-from adm.runtime import CompiledWithFallback, channels_last as channels_last_layout, prefers_channels_last
+from adm.runtime import CompiledWithFallback, cast_weights_once, channels_last as channels_last_layout, prefers_channels_last
 from adm.sampling import SAMPLERS, get_sampler
 from adm.sampling.guidance import (
     Interval,
@@ -302,7 +302,7 @@ class ADM_G(nn.Module):
             model_fn = classifier_free_guidance(model_fn, scale, self.null_label, interval, sigma_of)
         model_kwargs = {"y": y} if cfg.num_classes else {}
         layout = prefers_channels_last(networks, device) if channels_last is None else bool(channels_last)
-        with channels_last_layout(networks, layout):
+        with channels_last_layout(networks, layout), cast_weights_once(networks, device):
             return generate(model_fn, cfg.diffusion, (count, cfg.in_channels, cfg.image_size, cfg.image_size),
                             sampler=sampler, steps=steps, seed=seed, model_kwargs=model_kwargs,
                             cond_fn_for=cond_fn_for, eta=eta, churn=churn, batch_size=batch_size,
@@ -348,7 +348,7 @@ def upsample(
         raise ConfigError("labels were given for an unconditional upsampler")
     shape = (low.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
     layout = prefers_channels_last([sr_model], device) if channels_last is None else bool(channels_last)
-    with channels_last_layout([sr_model], layout):
+    with channels_last_layout([sr_model], layout), cast_weights_once([sr_model], device):
         return generate(sr_model, cfg.diffusion, shape, sampler=sampler, steps=steps, seed=seed, model_kwargs=kwargs,
                         eta=eta, churn=churn, batch_size=batch_size, clip_denoised=clip_denoised, progress=progress,
                         callback=callback, device=device)

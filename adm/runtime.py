@@ -1,7 +1,8 @@
 """Where and how computations run, and how files are written: one place for each rule.
 
 - devices: `parse_device("auto" | "cpu" | "cuda" | "cuda:1" | "mps")`, for sampling and training alike;
-- precision: `DTYPES`, `parse_dtype`, `autocast(device, dtype)` (nothing for fp32);
+- precision: `DTYPES`, `parse_dtype`, `autocast(device, dtype)` (nothing for fp32),
+  `cast_weights_once(modules, device)` (autocast's weight cache for frozen networks);
 - `torch.compile` with an eager fallback (`CompiledWithFallback`, `compile_with_fallback`);
 - memory layout: `channels_last(modules)` for a block, `prefers_channels_last` (where it is faster);
 - the CPU allocator: `keep_cpu_memory()` (glibc keeps freed activations for the next step);
@@ -165,6 +166,30 @@ def channels_last(modules, enabled: bool = True):
         for m, already in zip(modules, before):
             if not already:
                 m.to(memory_format=torch.contiguous_format)
+
+
+@contextlib.contextmanager
+def cast_weights_once(modules, device: torch.device | str):
+    """Within the block, bf16 / fp16 autocast casts each weight of `modules` once, not at every call.
+
+    Autocast keeps the low-precision copy of a weight until its outermost context ends, but only for
+    leaf tensors that require grad. Networks frozen for inference (`requires_grad_(False)`, as the CLI
+    loads them and as users freeze them) had every weight cast again at every forward pass: a quarter
+    of a 64x64 bf16 forward on the CPU (BENCHMARKS.md). Their frozen parameters require grad for the
+    block only (gradients are still computed only for what a caller asks `torch.autograd.grad` for);
+    afterwards each parameter is as it was. Nothing changes without low-precision autocast.
+    """
+    frozen = []
+    if low_precision(device):
+        frozen = [p for m in modules if m is not None for p in m.parameters()
+                  if not p.requires_grad and p.is_floating_point()]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 # -- torch.compile with an eager fallback ---------------------------------------------------------

@@ -443,3 +443,38 @@ def test_channels_last_is_chosen_where_it_was_measured_faster(nets, monkeypatch)
     monkeypatch.setattr(adm.runtime, "low_precision", lambda device: True)  # fp16 autocast on a GPU
     assert prefers_channels_last([nets["cond"]], "cuda")
     assert not prefers_channels_last([nets["cond"]], "mps")
+
+
+def _weight_casts(fn, weight: torch.Tensor) -> int:
+    """How many times `fn` casts a tensor of `weight`'s shape from float32 (the autocast weight casts)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return sum(1 for e in prof.events()
+               if e.name == "aten::_to_copy" and e.input_shapes and list(e.input_shapes[0]) == list(weight.shape))
+
+
+def test_frozen_networks_have_their_weights_cast_once_per_call_under_autocast():
+    """Autocast caches a weight's bf16 copy only if the weight requires grad: frozen networks (as the CLI
+    loads them) are sampled with each weight cast once per call, not once per step, with the same
+    samples, and come back frozen."""
+    g = torch.Generator().manual_seed(0)
+    model = randomized(ADM(ADMConfig(**NET, num_classes=3, diffusion=DIFF)), 0).eval()
+    clf = randomized(ADM_classifier(ClassifierConfig(**NET, num_classes=3, num_head_channels=32, diffusion=DIFF)), 3).eval()
+    # a weight shape found once in each network: the input convolution [32, 3, 3, 3]
+    weight = model.input_blocks[0][0].weight
+    assert sum(p.shape == weight.shape for p in [*model.parameters(), *clf.parameters()]) == 2
+
+    def run():
+        with torch.autocast("cpu", torch.bfloat16):
+            return ADM_G(model, clf, scale=2.0).sample([0, 1], steps=4, sampler="ddim", seed=3)
+
+    trained = run()
+    model.requires_grad_(False), clf.requires_grad_(False)
+    assert _weight_casts(run, weight) == 2  # the model's and the classifier's, once each, for 4 steps
+    assert torch.equal(run(), trained)
+    assert not any(p.requires_grad for p in [*model.parameters(), *clf.parameters()])
+    # without autocast nothing is cast and nothing changes
+    assert _weight_casts(lambda: ADM_G(model, clf, scale=2.0).sample([0, 1], steps=2, sampler="ddim", seed=3),
+                         weight) == 0

@@ -11,7 +11,7 @@ from adm.cli.common import add_parser, load_model, writable_dir
 from adm.data.images import save_png
 from adm.errors import ConfigError
 from adm.hub.presets import DEMO_SAMPLING
-from adm.runtime import autocast, parse_device, parse_dtype
+from adm.runtime import autocast, cast_weights_once, parse_device, parse_dtype
 from adm.sampling import SAMPLERS, get_sampler
 from adm.sampling.registry import names as sampler_names
 
@@ -128,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=calls, desc=f"demo: {len(seeds)} images", unit="call")
-    with autocast(device, dtype):
+    with autocast(device, dtype), cast_weights_once([model, classifier], device):
         x = generate(model, cfg.diffusion, (len(seeds), cfg.in_channels, cfg.image_size, cfg.image_size),
                      sampler=args.sampler, steps=args.steps, seed=seeds,
                      model_kwargs={"y": y} if cfg.num_classes else None, cond_fn_for=cond_fn_for,
