@@ -1,9 +1,9 @@
 """Copy trained demo weights into the package, in float16.
 
-    python3 scripts/ship_demo_weights.py --model RUN_DIR_OR_CHECKPOINT [--classifier RUN_DIR_OR_CHECKPOINT]
+    python3 scripts/ship_demo_weights.py --model RUN_DIR_OR_CHECKPOINT [--ema RATE] [--classifier RUN_DIR_OR_CHECKPOINT]
 
 Each source is anything adm.hub.load takes: a run directory (its exported EMA weights, RUN_DIR/model), a
-training checkpoint (RUN_DIR/checkpoints/step_*.pt: its first EMA rate) or a saved model directory. The
+training checkpoint (RUN_DIR/checkpoints/step_*.pt: its first EMA rate, or --ema RATE) or a saved model directory. The
 config must equal the preset's; the step, images seen and EMA rate go into config.json's "extra". The
 weights land in adm/weights/{demo_fashion_mnist,classifier_demo_fashion_mnist}/.
 
@@ -25,12 +25,14 @@ from adm.train.state import load_checkpoint
 WEIGHTS = Path(__file__).resolve().parent.parent / "adm" / "weights"
 
 
-def _training(source: Path) -> dict:
+def _training(source: Path, ema: str | None = None) -> dict:
     """What the run says about these weights: data, batch, EMA rate, step, images seen ({} for a bare
     model directory)."""
     if source.is_file() and source.suffix == ".pt":
         state = load_checkpoint(source)
         cfg, step = json.loads(state["config"]), int(state["step"])
+        if ema is not None:
+            cfg["ema"] = [float(ema)]
     elif (source / "model" / "config.json").is_file():  # a run directory
         cfg = json.loads((source / "config.json").read_text())
         step = int(json.loads((source / "model" / "config.json").read_text())["extra"]["step"])
@@ -46,13 +48,20 @@ def _training(source: Path) -> dict:
     return out
 
 
-def ship(source: str, kind: str, preset: str) -> None:
+def ship(source: str, kind: str, preset: str, ema: str | None = None) -> None:
     loaded = load(source, (kind,))
+    if ema is not None:  # another EMA rate of a training checkpoint than its first
+        averages = load_checkpoint(Path(source)).get("ema", {}) if Path(source).suffix == ".pt" else {}
+        rate = next((k for k in averages if float(k) == float(ema)), None)
+        if rate is None:
+            raise SystemExit(f"{source}: --ema needs a training checkpoint with EMA rate {ema} "
+                             f"(it has: {', '.join(map(str, averages)) or 'none'})")
+        loaded.model.load_state_dict(averages[rate])
     expected = presets.get(preset).config
     if loaded.model.config != expected:
         raise SystemExit(f"{source}: config differs from the preset {preset}")
     shipped = json.loads((WEIGHTS / presets.get(preset).shipped / "config.json").read_text())["extra"]
-    extra = {"preset": preset, **_training(Path(source)),
+    extra = {"preset": preset, **_training(Path(source), ema),
              "class_names": loaded.class_names or list(shipped.get("class_names", []))}
     out = WEIGHTS / presets.get(preset).shipped
     loaded.model.save_pretrained(out, dtype=torch.float16, extra=extra)
@@ -62,9 +71,10 @@ def ship(source: str, kind: str, preset: str) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="the diffusion model's run directory, checkpoint or model directory")
+    p.add_argument("--ema", help="the EMA rate to ship from a training checkpoint (default: its first)")
     p.add_argument("--classifier", help="the noisy classifier's (default: keep the shipped one)")
     args = p.parse_args()
     if args.model:
-        ship(args.model, "ADM", "ADM_demo_fashion_mnist")
+        ship(args.model, "ADM", "ADM_demo_fashion_mnist", args.ema)
     if args.classifier:
         ship(args.classifier, "ADM_classifier", "ADM_classifier_demo_fashion_mnist")
