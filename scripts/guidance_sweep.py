@@ -211,6 +211,9 @@ def cmd_evaluate(args) -> None:
         if meta.get("ddpm") and twin is not None and len(twin[0]) > len(imgs):
             n = len(imgs)
             items.append((f"ddim25_s{meta['scale']:g}_first{n}", twin[0][:n], twin[1][:n], {**twin[2], "num": n}))
+    if args.first:  # the first N images of every run, to compare with a run of N images (DDPM-250)
+        items = [(f"{name}_first{args.first}", imgs[:args.first], labels[:args.first], {**meta, "num": args.first})
+                 for name, imgs, labels, meta in items if len(imgs) > args.first]
     if args.only:  # these runs, in this order
         order = args.only.split(",")
         items = sorted((it for it in items if it[0] in order), key=lambda it: order.index(it[0]))
@@ -366,6 +369,7 @@ def main() -> None:
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--only", default="", help="comma-separated run names, evaluated in this order")
     e.add_argument("--features", default="inception", help="inception (the paper's) or tiny (fast, for tests)")
+    e.add_argument("--first", type=int, help="evaluate the first N images of each run (rows named NAME_firstN)")
     t = sub.add_parser("samplers", help="docs/samplers.md's table from evaluate's JSON files")
     t.add_argument("json", nargs="+")
     t.add_argument("--only", default="")
