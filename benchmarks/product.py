@@ -39,7 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("official-fp32", "official-bf16", "adm-before", "adm-round1", "adm-bf16", "adm-fp32", "adm-ddp2")
-DEFAULT_VARIANTS = VARIANTS[:-1]
+TRAIN_ONLY = ("adm-ddp2",)  # `adm sample` has no --nproc
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in TRAIN_ONLY)
 
 # One process per run: the variant's switches, then the CLI.
 _RUNNER = r"""
@@ -49,19 +50,14 @@ if variant in ("adm-before", "adm-round1"):
     import torch
     import adm.nn.layers as L
 
-    def modulate(self, x, scale, shift):  # round 1: one broadcasting addcmul in low precision
-        w, b = self.weight[:, None, None], self.bias[:, None, None]
-        if x.dtype == w.dtype == scale.dtype == shift.dtype:
-            return torch.addcmul(torch.addcmul(shift, b, 1 + scale), self._norm(x, None, None), w * (1 + scale))
-        s = 1 + scale.float()
-        weight, bias = (w.float() * s).to(x.dtype), torch.addcmul(shift.float(), b.float(), s).to(x.dtype)
-        return torch.addcmul(bias, self._norm(x, None, None), weight)
+    def affine(h, weight, bias):  # round 1: AdaGN's broadcasting addcmul on the CPU too
+        return torch.addcmul(bias, h, weight)
 
     def explicit(q, k, v):  # round 1: the softmax through a float32 L x L copy
         weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
         return weights.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
 
-    L.GroupNorm32.modulate, L._explicit_attention, L.SHORT_ATTENTION = modulate, explicit, 128
+    L._low_precision_affine, L._explicit_attention, L.SHORT_ATTENTION = affine, explicit, 128
     if variant == "adm-before":
         os.environ["ADM_KEEP_CPU_MEMORY"] = "0"
         L.SHORT_ATTENTION = 0
@@ -160,7 +156,7 @@ def main() -> None:
     if "sample" in only:
         results["sample"] = table(f"adm sample (demo pair, DDIM-25, classifier scale 2, {args.num} images)",
                                   lambda v: sample_images_per_s(v, args.num, args.threads),
-                                  [v for v in variants if v != "adm-ddp2"], args.reps)
+                                  [v for v in variants if v not in TRAIN_ONLY], args.reps)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -25,14 +25,11 @@ from adm.train.state import load_checkpoint
 WEIGHTS = Path(__file__).resolve().parent.parent / "adm" / "weights"
 
 
-def _training(source: Path, ema: str | None = None) -> dict:
+def _training(source: Path, state: dict | None, ema_rate: float | None) -> dict:
     """What the run says about these weights: data, batch, EMA rate, step, images seen ({} for a bare
-    model directory)."""
-    if source.is_file() and source.suffix == ".pt":
-        state = load_checkpoint(source)
+    model directory). `state`: the training checkpoint `source` holds, if it is one."""
+    if state is not None:
         cfg, step = json.loads(state["config"]), int(state["step"])
-        if ema is not None:
-            cfg["ema"] = [float(ema)]
     elif (source / "model" / "config.json").is_file():  # a run directory
         cfg = json.loads((source / "config.json").read_text())
         step = int(json.loads((source / "model" / "config.json").read_text())["extra"]["step"])
@@ -40,7 +37,7 @@ def _training(source: Path, ema: str | None = None) -> dict:
         return {}
     out = {"trainer": cfg["trainer"], "data": cfg["data"], "step": step, "batch_size": cfg["batch_size"],
            "images_seen": cfg.get("init_images_seen", 0) + step * cfg["batch_size"],
-           "ema_rate": (cfg.get("ema") or [None])[0]}
+           "ema_rate": ema_rate if ema_rate is not None else (cfg.get("ema") or [None])[0]}
     if cfg.get("init_from"):
         out["init_from"] = cfg["init_from"]
     if cfg["trainer"] == "diffusion":
@@ -48,20 +45,22 @@ def _training(source: Path, ema: str | None = None) -> dict:
     return out
 
 
-def ship(source: str, kind: str, preset: str, ema: str | None = None) -> None:
+def ship(source: str, kind: str, preset: str, ema: float | None = None) -> None:
+    path = Path(source)
+    state = load_checkpoint(path) if path.is_file() and path.suffix == ".pt" else None
     loaded = load(source, (kind,))
     if ema is not None:  # another EMA rate of a training checkpoint than its first
-        averages = load_checkpoint(Path(source)).get("ema", {}) if Path(source).suffix == ".pt" else {}
-        rate = next((k for k in averages if float(k) == float(ema)), None)
+        averages = (state or {}).get("ema", {})
+        rate = next((k for k in averages if float(k) == ema), None)
         if rate is None:
-            raise SystemExit(f"{source}: --ema needs a training checkpoint with EMA rate {ema} "
+            raise SystemExit(f"{source}: --ema needs a training checkpoint with EMA rate {ema:g} "
                              f"(it has: {', '.join(map(str, averages)) or 'none'})")
         loaded.model.load_state_dict(averages[rate])
     expected = presets.get(preset).config
     if loaded.model.config != expected:
         raise SystemExit(f"{source}: config differs from the preset {preset}")
     shipped = json.loads((WEIGHTS / presets.get(preset).shipped / "config.json").read_text())["extra"]
-    extra = {"preset": preset, **_training(Path(source), ema),
+    extra = {"preset": preset, **_training(path, state, ema),
              "class_names": loaded.class_names or list(shipped.get("class_names", []))}
     out = WEIGHTS / presets.get(preset).shipped
     loaded.model.save_pretrained(out, dtype=torch.float16, extra=extra)
@@ -71,7 +70,7 @@ def ship(source: str, kind: str, preset: str, ema: str | None = None) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="the diffusion model's run directory, checkpoint or model directory")
-    p.add_argument("--ema", help="the EMA rate to ship from a training checkpoint (default: its first)")
+    p.add_argument("--ema", type=float, help="the EMA rate to ship from a training checkpoint (default: its first)")
     p.add_argument("--classifier", help="the noisy classifier's (default: keep the shipped one)")
     args = p.parse_args()
     if args.model:

@@ -458,8 +458,7 @@ def _weight_casts(fn, weight: torch.Tensor) -> int:
 def test_frozen_networks_have_their_weights_cast_once_per_call_under_autocast():
     """Autocast caches a weight's bf16 copy only if the weight requires grad: frozen networks (as the CLI
     loads them) are sampled with each weight cast once per call, not once per step, with the same
-    samples, and come back frozen."""
-    g = torch.Generator().manual_seed(0)
+    samples, and come back frozen; without low-precision autocast they stay frozen throughout."""
     model = randomized(ADM(ADMConfig(**NET, num_classes=3, diffusion=DIFF)), 0).eval()
     clf = randomized(ADM_classifier(ClassifierConfig(**NET, num_classes=3, num_head_channels=32, diffusion=DIFF)), 3).eval()
     # a weight shape found once in each network: the input convolution [32, 3, 3, 3]
@@ -475,6 +474,13 @@ def test_frozen_networks_have_their_weights_cast_once_per_call_under_autocast():
     assert _weight_casts(run, weight) == 2  # the model's and the classifier's, once each, for 4 steps
     assert torch.equal(run(), trained)
     assert not any(p.requires_grad for p in [*model.parameters(), *clf.parameters()])
-    # without autocast nothing is cast and nothing changes
-    assert _weight_casts(lambda: ADM_G(model, clf, scale=2.0).sample([0, 1], steps=2, sampler="ddim", seed=3),
-                         weight) == 0
+    # what the networks' weights were while sampling: unfrozen for the call under autocast only
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(weight.requires_grad))
+    try:
+        run()
+        with_autocast, seen[:] = set(seen), []
+        ADM_G(model, clf, scale=2.0).sample([0, 1], steps=2, sampler="ddim", seed=3)
+    finally:
+        hook.remove()
+    assert with_autocast == {True} and set(seen) == {False}

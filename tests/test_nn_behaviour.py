@@ -292,6 +292,8 @@ def test_adagn_in_low_precision_keeps_its_precision(dtype):
     args = [t.to(dtype).requires_grad_() for t in (x, scale, shift)]
     out = norm.modulate(*args)
     assert out.dtype == dtype
+    # three roundings (the norm's output, the product, the sum), each at most eps / 2 of its value, none
+    # of which exceeds the largest |output| by much: within 2 eps of the largest output
     err = (out.float() - ref).abs().max() / ref.abs().max()
     assert err <= 2 * torch.finfo(dtype).eps, err
     out.float().square().sum().backward()

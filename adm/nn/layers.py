@@ -60,11 +60,19 @@ class GroupNorm32(nn.GroupNorm):
             return torch.addcmul(torch.addcmul(shift, b, s), self._norm(x, None, None), w * s)
         s = 1 + scale.float()  # low precision: fold in float32, round the [N, C, 1, 1] results once
         weight, bias = (w.float() * s).to(x.dtype), torch.addcmul(shift.float(), b.float(), s).to(x.dtype)
-        if x.device.type == "cpu":
-            # The CPU's broadcasting addcmul in bf16 / fp16 is 2-3x slower than a multiply and an
-            # in-place add (BENCHMARKS.md); one more rounding of the product, within bf16's precision.
-            return (self._norm(x, None, None) * weight).add_(bias)
-        return torch.addcmul(bias, self._norm(x, None, None), weight)
+        return _low_precision_affine(self._norm(x, None, None), weight, bias)
+
+
+def _low_precision_affine(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h * weight + bias in bf16 / fp16, weight and bias [N, C, 1, 1].
+
+    On the CPU a multiply and an in-place add: its broadcasting addcmul in low precision is 2-3x slower
+    (BENCHMARKS.md), and the extra rounding of the product stays within the dtype's precision. Elsewhere
+    the fused addcmul.
+    """
+    if h.device.type == "cpu":
+        return (h * weight).add_(bias)
+    return torch.addcmul(bias, h, weight)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
